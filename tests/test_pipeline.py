@@ -1,0 +1,92 @@
+"""A small end-to-end run of the stage notebooks (papermill) on a short date range in a temporary directory."""
+import json
+import sys
+
+import pandas as pd
+import papermill as pm
+import pytest
+
+from volnb.core import compose_config, render_readme
+
+STAGES = ["prepare", "describe", "baselines", "report"]
+
+
+def overrides(tmp, end="2018-12-31"):
+    return (f"experiment=herremans paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
+            f"experiment.end={end} experiment.split.train=[2016-01-02,2017-12-31] "
+            "experiment.split.validation=[2018-01-01,2018-06-30] experiment.split.test=[2018-07-01,2018-12-31] "
+            "baselines.refit_every=30 baselines.min_train_days=300")
+
+
+def run_stage(root, tmp, stage, ov):
+    out = tmp / "reports" / "notebooks" / "herremans"
+    out.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(root / "nbs" / "pipeline" / f"{stage}.ipynb"), str(out / f"{stage}.ipynb"),
+                        parameters={"overrides": ov}, kernel_name="python3", progress_bar=False, cwd=str(root))
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, root, data_dir):
+    tmp = tmp_path_factory.mktemp("e2e")
+    repo_splits = (root / "reports/tables/herremans/splits.csv").read_bytes()
+    for s in STAGES: run_stage(root, tmp, s, overrides(tmp))
+    return tmp, repo_splits
+
+
+def test_stage_outputs(pipeline_run, root):
+    tmp, repo_splits = pipeline_run
+    rep = tmp / "reports"
+    for name in ["feature_map", "splits", "appendix_b", "appendix_c", "baselines", "baselines_validation"]:
+        assert (rep / "tables/herremans" / f"{name}.csv").exists() and (rep / "tables/herremans" / f"{name}.md").exists()
+    for name in ["figure2", "figure3", "figure4", "baselines_test"]:
+        png = (rep / "figures/herremans" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the run wrote only into the temporary directory
+    assert (root / "reports/tables/herremans/splits.csv").read_bytes() == repo_splits
+
+
+def test_splits_and_baselines_values(pipeline_run):
+    tmp, _ = pipeline_run
+    t = tmp / "reports/tables/herremans"
+    splits = pd.read_csv(t / "splits.csv").set_index("split")
+    assert splits.loc["test", "first_day"] == "2018-07-01" and splits.loc["test", "last_day"] == "2018-12-31"
+    assert splits.loc["test", "days"] == 184 and splits.loc["train", "days"] == 730
+    b = pd.read_csv(t / "baselines.csv")
+    assert b.model.tolist() == ["historical_mean", "ewma", "garch", "gjr_garch", "egarch", "har_rv"]
+    assert (b.n == 184).all() and (b.tp + b.fn + b.tn + b.fp == b.n).all()
+    assert b.rmse.between(0.01, 1).all() and (b.mae <= b.rmse).all()
+    # the GARCH family was refitted on the schedule: (184 + 181 days) / 30 -> 13 refits each
+    assert (b.set_index("model").loc[["garch", "gjr_garch", "egarch"], "refits"] == 13).all()
+    m = json.loads((tmp / "reports/metrics/herremans.json").read_text())
+    assert m["test_days"] == 184 and set(m["baselines"]) == set(b.model)
+    a = pd.read_csv(t / "appendix_b.csv")
+    assert len(a) == 21 and a.r2.between(0, 1).all() and (a.pearson ** 2 - a.r2).abs().max() < 1e-12
+
+
+def test_report_links_everything(pipeline_run):
+    tmp, _ = pipeline_run
+    site = tmp / "reports/site"
+    html = (site / "index.html").read_text()
+    for name in ["appendix_b.csv", "baselines.csv", "figure2.png", "figure4.png", "herremans.json"]:
+        assert name in html
+    for stage in ["prepare", "describe", "baselines"]:
+        assert f"herremans/notebooks/{stage}.html" in html and (site / f"herremans/notebooks/{stage}.html").exists()
+
+
+def test_failed_stage_leaves_previous_outputs_intact(pipeline_run, root):
+    tmp, _ = pipeline_run
+    before = (tmp / "reports/tables/herremans/splits.csv").read_bytes()
+    with pytest.raises(pm.PapermillExecutionError, match="after the last complete price day"):
+        run_stage(root, tmp, "prepare", overrides(tmp, end="2031-01-01"))
+    assert (tmp / "reports/tables/herremans/splits.csv").read_bytes() == before
+
+
+def test_every_experiment_config_composes(root):
+    for f in sorted((root / "conf/experiment").glob("*.yaml")):
+        cfg = compose_config(f"experiment={f.stem}")
+        assert cfg.experiment.name == f.stem and set(cfg.experiment.split) == {"train", "validation", "test"}
+
+
+def test_readme_is_generated_from_index(root, tmp_path):
+    out = render_readme(root / "nbs/index.ipynb", tmp_path / "README.md")
+    assert out.read_text() == (root / "README.md").read_text(), "README.md is stale: run bash scripts/build_readme.sh"

@@ -8,14 +8,16 @@ import pytest
 
 from volnb.core import compose_config, render_readme
 
-STAGES = ["prepare", "describe", "baselines", "report"]
+STAGES = ["prepare", "describe", "baselines", "train", "evaluate", "report"]
 
 
 def overrides(tmp, end="2018-12-31"):
     return (f"experiment=herremans paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
             f"experiment.end={end} experiment.split.train=[2016-01-02,2017-12-31] "
             "experiment.split.validation=[2018-01-01,2018-06-30] experiment.split.test=[2018-07-01,2018-12-31] "
-            "baselines.refit_every=30 baselines.min_train_days=300")
+            "baselines.refit_every=30 baselines.min_train_days=300 "
+            "experiment.models=[lstm,synth_random_dot] train.seeds=[0,1] train.max_epochs=2 train.window=16 "
+            "train.progress_bar=false")
 
 
 def run_stage(root, tmp, stage, ov):
@@ -58,9 +60,32 @@ def test_splits_and_baselines_values(pipeline_run):
     # the GARCH family was refitted on the schedule: (184 + 181 days) / 30 -> 13 refits each
     assert (b.set_index("model").loc[["garch", "gjr_garch", "egarch"], "refits"] == 13).all()
     m = json.loads((tmp / "reports/metrics/herremans.json").read_text())
-    assert m["test_days"] == 184 and set(m["baselines"]) == set(b.model)
+    assert m["test_days"] == 184 and set(m["models"]) == set(b.model) | {"lstm", "synth_random_dot"}
     a = pd.read_csv(t / "appendix_b.csv")
     assert len(a) == 21 and a.r2.between(0, 1).all() and (a.pearson ** 2 - a.r2).abs().max() < 1e-12
+
+
+def test_table3_table4_dm(pipeline_run):
+    tmp, _ = pipeline_run
+    t = tmp / "reports/tables/herremans"
+    t3 = pd.read_csv(t / "table3.csv")
+    assert set(t3.rule) == {"vol>=1", "vol>=1 & r>0"}
+    main = t3[t3.rule == "vol>=1"].set_index("model")
+    assert main.loc["garch", "label"] == "GARCH(1,1)" and main.index[0] == "garch"          # the paper's first row
+    assert main.loc["lstm", "n_seeds"] == 2 and main.loc["garch", "n_seeds"] == 1
+    counts = main[["tp_mean", "fn_mean", "tn_mean", "fp_mean"]].sum(axis=1)
+    assert (counts == 184).all()
+    up = t3[t3.rule == "vol>=1 & r>0"].set_index("model")
+    # an upward spike is a spike: the second rule never has more actual spikes than the first
+    assert ((up.tp_mean + up.fn_mean) <= (main.tp_mean + main.fn_mean) + 1e-9).all()
+    seeds = pd.read_csv(t / "table3_seeds.csv")
+    assert len(seeds[(seeds.rule == "vol>=1") & (seeds.model == "synth_random_dot")]) == 2
+    t4 = pd.read_csv(t / "table4.csv").set_index("model")
+    assert {"tp_mean_1.1", "fn_mean_1.3"} <= set(t4.columns)
+    assert (t4["tp_mean_1.3"] + t4["fn_mean_1.3"] <= t4["tp_mean_1.1"] + t4["fn_mean_1.1"]).all()
+    dm = pd.read_csv(t / "diebold_mariano.csv")
+    assert set(dm.reference) == {"garch", "har_rv"} and set(dm.loss) == {"se", "qlike"}
+    assert dm.p_value.between(0, 1).all()
 
 
 def test_report_links_everything(pipeline_run):

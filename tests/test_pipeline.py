@@ -88,6 +88,24 @@ def test_table3_table4_dm(pipeline_run):
     assert dm.p_value.between(0, 1).all()
 
 
+def test_published_code_protocol(pipeline_run, root):
+    "protocol=published_code writes its own, suffixed files and a comparison with the clean protocol."
+    tmp, _ = pipeline_run
+    t = tmp / "reports/tables/herremans"
+    clean_before = (t / "table3.csv").read_bytes()
+    ov = overrides(tmp) + " protocol=published_code"
+    run_stage(root, tmp, "train", ov)
+    run_stage(root, tmp, "evaluate", ov)
+    assert (t / "table3.csv").read_bytes() == clean_before                    # the clean results are untouched
+    tr = pd.read_csv(t / "training_published_code.csv")
+    assert set(tr.model) == {"lstm", "synth_random_dot"} and len(tr) == 4
+    cmp = pd.read_csv(t / "protocol_comparison.csv")
+    assert cmp.model.tolist() == ["lstm", "synth_random_dot"]
+    assert (cmp.rmse_change == cmp.rmse_published_code - cmp.rmse_clean).all()
+    pc = pd.read_parquet(tmp / "reports/artifacts/herremans/predictions_published_code/lstm.parquet")
+    assert pc[pc.split == "test"].timestamp.nunique() == 184
+
+
 def test_report_links_everything(pipeline_run):
     tmp, _ = pipeline_run
     site = tmp / "reports/site"

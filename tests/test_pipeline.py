@@ -8,7 +8,7 @@ import pytest
 
 from volnb.core import compose_config, render_readme
 
-STAGES = ["prepare", "describe", "baselines", "train", "evaluate", "report"]
+STAGES = ["prepare", "describe", "baselines", "train", "evaluate", "explain", "backtest", "report"]
 
 
 def overrides(tmp, end="2018-12-31"):
@@ -104,6 +104,28 @@ def test_published_code_protocol(pipeline_run, root):
     assert (cmp.rmse_change == cmp.rmse_published_code - cmp.rmse_clean).all()
     pc = pd.read_parquet(tmp / "reports/artifacts/herremans/predictions_published_code/lstm.parquet")
     assert pc[pc.split == "test"].timestamp.nunique() == 184
+
+
+def test_explain_and_backtest(pipeline_run):
+    tmp, _ = pipeline_run
+    t = tmp / "reports/tables/herremans"
+    t5 = pd.read_csv(t / "table5.csv")
+    assert t5.model.tolist() == ["lstm", "synth_random_dot"]
+    assert (t5.top1_score >= t5.top2_score).all() and (t5.top2_score >= t5.top3_score).all()
+    fi = pd.read_csv(t / "feature_importance.csv")
+    assert set(fi.method) == {"feature_ablation", "integrated_gradients"}
+    assert (fi.groupby(["method", "model"]).size() == 21).all()
+    fam = pd.read_csv(t / "importance_by_family.csv")
+    assert fam.groupby("model").share.sum().round(9).eq(1).all()
+    assert (tmp / "reports/figures/herremans/explain/synthetic_synth_random_dot.png").exists()
+    t6 = pd.read_csv(t / "table6.csv")
+    assert set(t6.strategy) == {"buy_and_hold", "buy_low_sell_high", "momentum", "mean_reversion"}
+    bh = t6[t6.strategy == "buy_and_hold"]
+    assert bh.pnl_pct.round(6).nunique() == 1                     # buy-and-hold does not depend on the model
+    traded = t6.n_trades > 0
+    assert (t6.sharpe_lower <= t6.sharpe_upper)[traded].all()
+    assert t6.sharpe[~traded].isna().all()                       # no trade, flat equity: no Sharpe ratio
+    assert (tmp / "reports/figures/herremans/figure7.png").exists()
 
 
 def test_report_links_everything(pipeline_run):

@@ -132,7 +132,8 @@ def test_report_links_everything(pipeline_run):
     tmp, _ = pipeline_run
     site = tmp / "reports/site"
     html = (site / "index.html").read_text()
-    for name in ["appendix_b.csv", "baselines.csv", "figure2.png", "figure4.png", "herremans.json"]:
+    for name in ["appendix_b.csv", "baselines.csv", "figure2.png", "figure4.png", "herremans.json", "table5.csv",
+                 "table6.csv", "figure7.png", "explain/feature_importance.png"]:
         assert name in html
     for stage in ["prepare", "describe", "baselines"]:
         assert f"herremans/notebooks/{stage}.html" in html and (site / f"herremans/notebooks/{stage}.html").exists()

@@ -131,12 +131,14 @@ def test_explain_and_backtest(pipeline_run):
 def test_report_links_everything(pipeline_run):
     tmp, _ = pipeline_run
     site = tmp / "reports/site"
-    html = (site / "index.html").read_text()
+    top = (site / "index.html").read_text()
+    assert "herremans/index.html" in top and "Not run yet: spike60s" in top
+    html = (site / "herremans/index.html").read_text()
     for name in ["appendix_b.csv", "baselines.csv", "figure2.png", "figure4.png", "herremans.json", "table5.csv",
                  "table6.csv", "figure7.png", "explain/feature_importance.png"]:
         assert name in html
     for stage in ["prepare", "describe", "baselines"]:
-        assert f"herremans/notebooks/{stage}.html" in html and (site / f"herremans/notebooks/{stage}.html").exists()
+        assert f"notebooks/{stage}.html" in html and (site / f"herremans/notebooks/{stage}.html").exists()
 
 
 def test_failed_stage_leaves_previous_outputs_intact(pipeline_run, root):

@@ -11,9 +11,10 @@ __all__ = ['VERSION_RE', 'VARIANTS', 'LATENCY_BUCKETS', 'SCORE_BUCKETS', 'log', 
            'PredictResponse', 'FeatureDrift', 'DriftReport', 'Health', 'VersionInfo', 'LiveScore', 'LiveResponse',
            'request_models', 'field_name', 'field_error', 'validation_problem', 'http_problem', 'RateLimiter',
            'BodyTooLarge', 'send_problem', 'ServingMiddleware', 'feed_status', 'attach_feed', 'create_app',
-           'JsonFormatter', 'configure_logging', 'run_server', 'serve', 'format_versions', 'registry_command']
+           'JsonFormatter', 'configure_logging', 'run_server', 'serve', 'format_versions', 'registry_command',
+           'feed_predictor', 'run_predictor']
 
-# %% ../nbs/14_serving.ipynb #17c0b93d
+# %% ../nbs/14_serving.ipynb #3fb11c3e
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ from starlette.exceptions import HTTPException
 from . import __version__
 from .core import DataValidationError, compose_config, split_overrides, write_json
 
-# %% ../nbs/14_serving.ipynb #fe87498c
+# %% ../nbs/14_serving.ipynb #c6eaa30c
 VERSION_RE = re.compile(r"^v\d{4,}$")
 VARIANTS = ("ml", "baseline")
 
@@ -100,7 +101,7 @@ def _check_state(st, path) -> dict:
     if not isinstance(out["revision"], int): raise RegistryError(f"{path}: field 'revision' must be an integer")
     return out
 
-# %% ../nbs/14_serving.ipynb #adbc7eba
+# %% ../nbs/14_serving.ipynb #9e71af98
 class Registry:
     "Versioned spike artefacts on disk: `versions/vNNNN/`, `baseline/` and `state.json` {current, history, variant}."
     def __init__(self, root, loader: Optional[Callable] = None):
@@ -274,7 +275,7 @@ def _push(st: dict, version: str) -> str:
         st["current"] = version
     return version
 
-# %% ../nbs/14_serving.ipynb #92b10f2e
+# %% ../nbs/14_serving.ipynb #13fe62c7
 def _finite_1d(x, name: str) -> np.ndarray:
     "`x` as a 1-d float array of finite values, or a `DataValidationError` naming it."
     a = np.asarray(x, dtype=float).reshape(-1)
@@ -311,7 +312,7 @@ def ks_statistic(reference, recent) -> KS:
     en = len(a) * len(b) / (len(a) + len(b))
     return KS(d, float(np.clip(kstwo.sf(d, np.round(en)), 0.0, 1.0)))
 
-# %% ../nbs/14_serving.ipynb #e9d57942
+# %% ../nbs/14_serving.ipynb #071a20c1
 class DriftMonitor:
     "A rolling window of recent feature rows compared with a training reference per feature (PSI, KS)."
     def __init__(self, features: Sequence[str], window: int = 2000, bins: int = 10, min_rows: int = 200,
@@ -381,7 +382,7 @@ class DriftMonitor:
                 out.append(f"drift on {f}: PSI {v['psi']:.3f} (level {self.psi_level}), KS p-value {v['ks_pvalue']:.2g} (level {self.ks_pvalue})")
         return out
 
-# %% ../nbs/14_serving.ipynb #0692e081
+# %% ../nbs/14_serving.ipynb #a6748c0f
 class DriftSettings(BaseModel):
     "When drift is flagged: the window of recent rows, PSI bins and levels."
     model_config = ConfigDict(extra="forbid")
@@ -420,7 +421,7 @@ def load_settings(overrides=None, config_dir=None) -> ServeSettings:
     d["registry"] = reg if reg.is_absolute() else Path(cfg.paths.root) / reg
     return ServeSettings(**d)
 
-# %% ../nbs/14_serving.ipynb #52880a6f
+# %% ../nbs/14_serving.ipynb #de209beb
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -512,7 +513,7 @@ def row_from_mapping(features: dict, names: Sequence[str]) -> np.ndarray:
 log = logging.getLogger("volnb.serving")
 access_log = logging.getLogger("volnb.serving.access")
 
-# %% ../nbs/14_serving.ipynb #6b91ec2d
+# %% ../nbs/14_serving.ipynb #956b0f9a
 class Service:
     "Scores feature rows with the registry's current model, falls back to the baseline, and watches drift."
     def __init__(self, registry, settings: Optional[ServeSettings] = None, loader: Optional[Callable] = None):
@@ -698,7 +699,7 @@ class Service:
         for f, v in d["features"].items():
             for stat in ("psi", "ks", "ks_pvalue"): m.drift.labels(f, stat).set(math.nan if v[stat] is None else v[stat])
 
-# %% ../nbs/14_serving.ipynb #b658e458
+# %% ../nbs/14_serving.ipynb #b595f3fa
 class Problem(BaseModel):
     "An error that is not about one field (413, 429, 503)."
     detail: str
@@ -813,7 +814,7 @@ async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
                             status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-# %% ../nbs/14_serving.ipynb #0345a099
+# %% ../nbs/14_serving.ipynb #2e96ecd9
 class RateLimiter:
     "A token bucket per client: `per_minute` tokens refilled continuously; `take` returns 0 or the seconds to wait."
     def __init__(self, per_minute: float, burst: Optional[float] = None, clock: Callable[[], float] = time.monotonic):
@@ -912,7 +913,7 @@ def _content_length(scope) -> Optional[int]:
             except ValueError: return None
     return None
 
-# %% ../nbs/14_serving.ipynb #7c85dc9a
+# %% ../nbs/14_serving.ipynb #14edff4a
 def feed_status(feed) -> Optional[dict]:
     "A JSON-safe status of an attached feed: its `status()` / `status` if it has one."
     if feed is None: return None
@@ -980,7 +981,7 @@ def create_app(registry_root=None, settings: Optional[ServeSettings] = None, loa
 
     return app
 
-# %% ../nbs/14_serving.ipynb #17d90d88
+# %% ../nbs/14_serving.ipynb #67249a71
 class JsonFormatter(logging.Formatter):
     "One JSON object per log line: ts, level, logger, msg and the record's `fields`."
     def format(self, record: logging.LogRecord) -> str:
@@ -1018,8 +1019,11 @@ def serve(overrides=None) -> None:
 def format_versions(rows: list) -> str:
     "The registry listing as a Markdown table."
     import pandas as pd
-    cols = ["version", "status", "kind", "registered_at", "metrics", "source"]
-    df = pd.DataFrame([{c: (json.dumps(r.get(c)) if c == "metrics" else r.get(c)) for c in cols} for r in rows], columns=cols)
+    cols = ["version", "status", "kind", "registered_at", "pr_auc", "source"]
+    def pr_auc(m):      # the selection metric per split, e.g. "validation 0.370, test 0.368"; all metrics stay in the record
+        if not isinstance(m, dict): return None
+        return ", ".join(f"{k} {v['pr_auc']:.3f}" for k, v in m.items() if isinstance(v, dict) and "pr_auc" in v) or None
+    df = pd.DataFrame([{c: (pr_auc(r.get("metrics")) if c == "pr_auc" else r.get(c)) for c in cols} for r in rows], columns=cols)
     return df.to_markdown(index=False) if len(df) else "(no versions registered)"
 
 def registry_command(action: str, value: Optional[str] = None, overrides=None, root=None) -> str:
@@ -1034,3 +1038,53 @@ def registry_command(action: str, value: Optional[str] = None, overrides=None, r
     if action == "register": return f"registered {reg.register(value)} (current: {reg.current()})"
     if action == "register-baseline": return f"registered {reg.register(value, baseline=True)}"
     raise RegistryError(f"unknown registry action {action!r} (list, promote, rollback, variant, register, register-baseline)")
+
+# %% ../nbs/14_serving.ipynb #38b25a63
+async def feed_predictor(app: FastAPI, replay=None, exchange: str = "binance", speed: float = 1.0,
+                         start=None, end=None, warmup: int = 61) -> dict:
+    "Score each closed bar of a replayed or live feed with `app.state.service`; return the feed's counters."
+    from volnb.intraday import OnlineFeatures
+    from volnb.live import FeedClient, ReplayServer, run_live
+    service = app.state.service
+    def score(bar, row): return service.score_live(row, bar_time=bar["timestamp"].isoformat())
+    if replay is None:
+        if exchange == "binance": feed, n = FeedClient("binance", stream="kline"), warmup
+        elif exchange == "coinbase": feed, n = FeedClient("coinbase", symbol="BTC-USD"), None
+        else: raise ValueError(f"unknown exchange {exchange!r} (binance, coinbase)")
+        attach_feed(app, feed)
+        return await run_live(feed, OnlineFeatures(), score, warmup=n)
+    async with ReplayServer(replay, speed=speed, start=start, end=end) as srv:
+        feed = FeedClient.replay(srv)
+        attach_feed(app, feed)
+        return await run_live(feed, OnlineFeatures(), score, warmup=warmup if srv.kind == "kline" else None)
+
+def run_predictor(settings: Optional[ServeSettings] = None, app: Optional[FastAPI] = None, replay=None,
+                  exchange: Optional[str] = None, speed: float = 1.0, start=None, end=None,
+                  exit_after_feed: bool = False) -> Optional[dict]:
+    "Serve the app and, with `replay` or `exchange`, score a feed alongside; with `exit_after_feed`, stop when it ends."
+    import asyncio, uvicorn
+    settings = settings or ServeSettings()
+    configure_logging(settings.log_level)
+    app = app or create_app(settings.registry, settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                                           access_log=False, log_level=settings.log_level.lower()))
+    log = logging.getLogger("volnb.serving")
+    async def main():
+        http = asyncio.create_task(server.serve())
+        if replay is None and exchange is None: return await http
+        feed = asyncio.create_task(feed_predictor(app, replay, exchange or "binance", speed, start, end))
+        try:
+            done, _ = await asyncio.wait({http, feed}, return_when=asyncio.FIRST_COMPLETED)
+            if feed in done:
+                if feed.exception() is not None:
+                    log.error("feed failed", exc_info=feed.exception(), extra={"fields": {"event": "feed_failed"}})
+                    if exit_after_feed: raise feed.exception()
+                else:
+                    log.info("feed ended", extra={"fields": {"event": "feed_ended", **jsonable(feed.result())}})
+                if exit_after_feed: server.should_exit = True
+                await http
+                return None if feed.exception() else feed.result()
+            return None
+        finally:
+            if not feed.done(): feed.cancel()
+    return asyncio.run(main())

@@ -4,18 +4,17 @@
 
 # %% auto #0
 __all__ = ['VERSION_RE', 'VARIANTS', 'LATENCY_BUCKETS', 'SCORE_BUCKETS', 'log', 'access_log', 'KNOWN_PATHS', 'ERROR_RESPONSES',
-           'RegistryError', 'now_iso', 'sha256_file', 'default_loader', 'jsonable', 'describe_scorer', 'Registry',
-           'quantile_edges', 'bin_shares', 'psi', 'KS', 'ks_statistic', 'DriftMonitor', 'DriftSettings',
-           'ServeSettings', 'load_settings', 'ScoreHistogram', 'ServiceMetrics', 'Loaded', 'Prediction',
-           'ServiceUnavailable', 'row_from_mapping', 'Service', 'Problem', 'FieldError', 'ValidationProblem',
-           'PredictResponse', 'FeatureDrift', 'DriftReport', 'Health', 'VersionInfo', 'LiveScore', 'LiveResponse',
-           'request_models', 'field_name', 'field_error', 'validation_problem', 'http_problem', 'RateLimiter',
-           'BodyTooLarge', 'send_problem', 'ServingMiddleware', 'feed_status', 'attach_feed', 'create_app',
-           'JsonFormatter', 'configure_logging', 'run_server', 'serve', 'format_versions', 'registry_command',
-           'feed_predictor', 'run_predictor']
+           'RegistryError', 'now_iso', 'default_loader', 'describe_scorer', 'Registry', 'quantile_edges', 'bin_shares',
+           'psi_from_shares', 'psi', 'KS', 'ks_statistic', 'DriftMonitor', 'DriftSettings', 'ServeSettings',
+           'load_settings', 'ScoreHistogram', 'ServiceMetrics', 'Loaded', 'Prediction', 'ServiceUnavailable',
+           'row_from_mapping', 'Service', 'Problem', 'FieldError', 'ValidationProblem', 'PredictResponse',
+           'FeatureDrift', 'DriftReport', 'Health', 'VersionInfo', 'LiveScore', 'LiveResponse', 'request_models',
+           'field_name', 'field_error', 'validation_problem', 'http_problem', 'RateLimiter', 'BodyTooLarge',
+           'send_problem', 'ServingMiddleware', 'feed_status', 'attach_feed', 'create_app', 'JsonFormatter',
+           'configure_logging', 'run_server', 'serve', 'format_versions', 'registry_command', 'feed_predictor',
+           'run_predictor']
 
-# %% ../nbs/14_serving.ipynb #3fb11c3e
-import hashlib
+# %% ../nbs/14_serving.ipynb #4f9867b9
 import json
 import logging
 import math
@@ -40,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .core import DataValidationError, compose_config, split_overrides, write_json
+from .core import DataValidationError, compose_config, jsonable, replace_dir, sha256_file, split_overrides, write_json
 
-# %% ../nbs/14_serving.ipynb #c6eaa30c
+# %% ../nbs/14_serving.ipynb #a05ba917
 VERSION_RE = re.compile(r"^v\d{4,}$")
 VARIANTS = ("ml", "baseline")
 
@@ -53,27 +52,10 @@ def now_iso() -> str:
     "The current UTC time as ISO 8601 with milliseconds and a `Z`."
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-def sha256_file(path) -> str:
-    "The hex SHA-256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
 def default_loader(path):
     "Load a spike artefact with `volnb.spike.load_artefact` (npz without pickle, sha256-checked)."
     from volnb.spike import load_artefact
     return load_artefact(path)
-
-def jsonable(o):
-    "`o` with numpy scalars and arrays made plain and NaN/inf replaced by None, ready for JSON."
-    if isinstance(o, dict): return {str(k): jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [jsonable(v) for v in o]
-    if isinstance(o, np.ndarray): return jsonable(o.tolist())
-    if hasattr(o, "item") and not isinstance(o, (str, bytes)): o = o.item()
-    if isinstance(o, float) and not math.isfinite(o): return None
-    if isinstance(o, (str, int, float, bool)) or o is None: return o
-    return str(o)
 
 def describe_scorer(scorer) -> dict:
     "What the registry records about a loaded artefact: kind, features, threshold, metrics."
@@ -101,7 +83,7 @@ def _check_state(st, path) -> dict:
     if not isinstance(out["revision"], int): raise RegistryError(f"{path}: field 'revision' must be an integer")
     return out
 
-# %% ../nbs/14_serving.ipynb #9e71af98
+# %% ../nbs/14_serving.ipynb #7417a00b
 class Registry:
     "Versioned spike artefacts on disk: `versions/vNNNN/`, `baseline/` and `state.json` {current, history, variant}."
     def __init__(self, root, loader: Optional[Callable] = None):
@@ -222,12 +204,7 @@ class Registry:
 
     def _install_baseline(self, tmp: Path) -> str:
         "Swap a staged copy in as `baseline/` (lock held)."
-        old = None
-        if self.baseline_dir.exists():
-            old = self.root / f".old-baseline-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(self.baseline_dir, old)
-        os.rename(tmp, self.baseline_dir)
-        if old is not None: shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, self.baseline_dir)
         return "baseline"
 
     def _check_registered(self, version: str) -> str:
@@ -275,7 +252,7 @@ def _push(st: dict, version: str) -> str:
         st["current"] = version
     return version
 
-# %% ../nbs/14_serving.ipynb #13fe62c7
+# %% ../nbs/14_serving.ipynb #f9e0b43b
 def _finite_1d(x, name: str) -> np.ndarray:
     "`x` as a 1-d float array of finite values, or a `DataValidationError` naming it."
     a = np.asarray(x, dtype=float).reshape(-1)
@@ -292,11 +269,14 @@ def bin_shares(x, edges, eps: float = 1e-4) -> np.ndarray:
     counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
     return np.maximum(counts / max(len(x), 1), eps)
 
+def psi_from_shares(q: np.ndarray, r: np.ndarray) -> float:
+    "PSI = sum over bins of (r - q) ln(r / q), with q the reference's and r the recent bin shares."
+    return float(np.sum((r - q) * np.log(r / q)))
+
 def psi(reference, recent, bins: int = 10, eps: float = 1e-4) -> float:
     "Population stability index of `recent` against `reference` over quantile bins of the reference."
     edges = quantile_edges(reference, bins)
-    q, r = bin_shares(_finite_1d(reference, "reference"), edges, eps), bin_shares(_finite_1d(recent, "recent"), edges, eps)
-    return float(np.sum((r - q) * np.log(r / q)))
+    return psi_from_shares(bin_shares(_finite_1d(reference, "reference"), edges, eps), bin_shares(_finite_1d(recent, "recent"), edges, eps))
 
 class KS(NamedTuple):
     "A two-sample Kolmogorov–Smirnov result."
@@ -312,7 +292,7 @@ def ks_statistic(reference, recent) -> KS:
     en = len(a) * len(b) / (len(a) + len(b))
     return KS(d, float(np.clip(kstwo.sf(d, np.round(en)), 0.0, 1.0)))
 
-# %% ../nbs/14_serving.ipynb #071a20c1
+# %% ../nbs/14_serving.ipynb #ebfddf52
 class DriftMonitor:
     "A rolling window of recent feature rows compared with a training reference per feature (PSI, KS)."
     def __init__(self, features: Sequence[str], window: int = 2000, bins: int = 10, min_rows: int = 200,
@@ -365,7 +345,7 @@ class DriftMonitor:
             s, edges, q = ref[j]
             r = bin_shares(X[:, j], edges)
             k = ks_statistic(s, X[:, j])
-            p = float(np.sum((r - q) * np.log(r / q)))
+            p = psi_from_shares(q, r)
             flag = n >= self.min_rows and (p > self.psi_level or k.pvalue < self.ks_pvalue)
             feats[f] = {"psi": p, "ks": k.statistic, "ks_pvalue": k.pvalue, "flagged": bool(flag)}
         out = {"rows": n, "seen": self._seen, "min_rows": self.min_rows, "reference": ref is not None,
@@ -382,7 +362,7 @@ class DriftMonitor:
                 out.append(f"drift on {f}: PSI {v['psi']:.3f} (level {self.psi_level}), KS p-value {v['ks_pvalue']:.2g} (level {self.ks_pvalue})")
         return out
 
-# %% ../nbs/14_serving.ipynb #a6748c0f
+# %% ../nbs/14_serving.ipynb #abc1ef30
 class DriftSettings(BaseModel):
     "When drift is flagged: the window of recent rows, PSI bins and levels."
     model_config = ConfigDict(extra="forbid")
@@ -421,7 +401,7 @@ def load_settings(overrides=None, config_dir=None) -> ServeSettings:
     d["registry"] = reg if reg.is_absolute() else Path(cfg.paths.root) / reg
     return ServeSettings(**d)
 
-# %% ../nbs/14_serving.ipynb #de209beb
+# %% ../nbs/14_serving.ipynb #b69271a3
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -513,7 +493,7 @@ def row_from_mapping(features: dict, names: Sequence[str]) -> np.ndarray:
 log = logging.getLogger("volnb.serving")
 access_log = logging.getLogger("volnb.serving.access")
 
-# %% ../nbs/14_serving.ipynb #956b0f9a
+# %% ../nbs/14_serving.ipynb #1d94c1b2
 class Service:
     "Scores feature rows with the registry's current model, falls back to the baseline, and watches drift."
     def __init__(self, registry, settings: Optional[ServeSettings] = None, loader: Optional[Callable] = None):
@@ -699,7 +679,7 @@ class Service:
         for f, v in d["features"].items():
             for stat in ("psi", "ks", "ks_pvalue"): m.drift.labels(f, stat).set(math.nan if v[stat] is None else v[stat])
 
-# %% ../nbs/14_serving.ipynb #b595f3fa
+# %% ../nbs/14_serving.ipynb #db78f76b
 class Problem(BaseModel):
     "An error that is not about one field (413, 429, 503)."
     detail: str
@@ -814,7 +794,7 @@ async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
                             status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-# %% ../nbs/14_serving.ipynb #2e96ecd9
+# %% ../nbs/14_serving.ipynb #b10f9dba
 class RateLimiter:
     "A token bucket per client: `per_minute` tokens refilled continuously; `take` returns 0 or the seconds to wait."
     def __init__(self, per_minute: float, burst: Optional[float] = None, clock: Callable[[], float] = time.monotonic):
@@ -913,7 +893,7 @@ def _content_length(scope) -> Optional[int]:
             except ValueError: return None
     return None
 
-# %% ../nbs/14_serving.ipynb #14edff4a
+# %% ../nbs/14_serving.ipynb #a0f389f2
 def feed_status(feed) -> Optional[dict]:
     "A JSON-safe status of an attached feed: its `status()` / `status` if it has one."
     if feed is None: return None
@@ -981,7 +961,7 @@ def create_app(registry_root=None, settings: Optional[ServeSettings] = None, loa
 
     return app
 
-# %% ../nbs/14_serving.ipynb #67249a71
+# %% ../nbs/14_serving.ipynb #f7a4e9a1
 class JsonFormatter(logging.Formatter):
     "One JSON object per log line: ts, level, logger, msg and the record's `fields`."
     def format(self, record: logging.LogRecord) -> str:
@@ -1039,7 +1019,7 @@ def registry_command(action: str, value: Optional[str] = None, overrides=None, r
     if action == "register-baseline": return f"registered {reg.register(value, baseline=True)}"
     raise RegistryError(f"unknown registry action {action!r} (list, promote, rollback, variant, register, register-baseline)")
 
-# %% ../nbs/14_serving.ipynb #38b25a63
+# %% ../nbs/14_serving.ipynb #cfaca3fd
 async def feed_predictor(app: FastAPI, replay=None, exchange: str = "binance", speed: float = 1.0,
                          start=None, end=None, warmup: int = 61) -> dict:
     "Score each closed bar of a replayed or live feed with `app.state.service`; return the feed's counters."

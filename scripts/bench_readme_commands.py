@@ -1,9 +1,13 @@
 """Benchmark the README's two commands on a fresh clone: wall time and peak memory (max RSS of any process).
 
-Usage: .venv/bin/python scripts/bench_readme_commands.py   (writes reports/benchmarks/readme_commands.{json,md})
-The clone is made from HEAD in a temporary folder with ../shared linked beside it, as CI does.
+Usage: .venv/bin/python scripts/bench_readme_commands.py [--keep DIR]   (writes reports/benchmarks/readme_commands.{json,md})
+The clone is made from HEAD in a temporary folder with ../shared linked beside it, as CI does; `--keep DIR` makes the
+clones in DIR and leaves them there (to read the fresh clone's results and logs afterwards). Each stage's wall time is
+read from the `[stage] NAME: done in N s` lines that `volnb stage` prints during `dvc repro`.
 """
+import argparse
 import json
+import re
 import os
 import platform
 import resource
@@ -21,21 +25,27 @@ PROBE = ("import resource, subprocess, sys; rc = subprocess.run(['bash', '-c', s
          "print('@@peak_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
 
 
-def run(cmd, cwd):
-    "Run `cmd` under a probe process: wall seconds and the peak RSS (MiB) of the largest process it started."
+def run(cmd, cwd, log):
+    "Run `cmd` under a probe process: wall seconds, the peak RSS (MiB) of the largest process it started, stage times."
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", PROBE, cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t
+    Path(log).write_text(p.stdout)
     last = [l for l in p.stdout.splitlines() if l.startswith("@@peak_kib")][-1].split()
     out = [l for l in p.stdout.strip().splitlines() if not l.startswith("@@peak_kib")]
+    stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\[stage\] (\w+): done in (\d+) s", p.stdout, re.M)}
     return {"command": cmd, "exit_code": int(last[2]), "wall_s": round(wall, 1),
-            "peak_rss_mib": round(int(last[1]) / 1024, 1), "tail": "\n".join(out[-3:])}
+            "peak_rss_mib": round(int(last[1]) / 1024, 1), "stages_s": stages, "tail": "\n".join(out[-3:])}
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", default=None, help="make the clones in this (new) folder and keep them")
+    a = ap.parse_args(argv)
     head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
     runs = []
-    with tempfile.TemporaryDirectory() as d:
+    if a.keep: Path(a.keep).mkdir(parents=True, exist_ok=False)
+    with (tempfile.TemporaryDirectory() if not a.keep else _Kept(a.keep)) as d:
         os.symlink(SHARED, Path(d) / "shared")
         for n in ("a", "b"): subprocess.check_call(["git", "clone", "-q", str(ROOT), str(Path(d) / n / "volnb")])
         for n in ("a", "b"): os.symlink(SHARED, Path(d) / n / "shared")
@@ -43,8 +53,8 @@ def main():
                  ("b", "tests, fresh clone (installs everything)", "bash scripts/test.sh"),
                  ("a", "main job again, up to date", "bash scripts/repro.sh"),
                  ("a", "tests, set up already", "bash scripts/test.sh")]
-        for clone, label, cmd in cases:
-            r = run(cmd, Path(d) / clone / "volnb")
+        for i, (clone, label, cmd) in enumerate(cases):
+            r = run(cmd, Path(d) / clone / "volnb", Path(d) / f"case{i}.log")
             r["case"] = label
             runs.append(r)
             print(f"{label}: exit {r['exit_code']}, {r['wall_s']} s, peak RSS {r['peak_rss_mib']} MiB", flush=True)
@@ -61,8 +71,22 @@ def main():
              "(pip while installing; the notebook kernels while running).", "",
              "| case | command | exit | wall (s) | peak RSS (MiB) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['case']} | `{r['command']}` | {r['exit_code']} | {r['wall_s']} | {r['peak_rss_mib']} |" for r in runs]
+    first = runs[0]
+    if first["stages_s"]:
+        total = sum(first["stages_s"].values())
+        lines += ["", f"Stages of the first case ({first['case']}), as `volnb stage` timed them "
+                      f"({total:.0f} s of {first['wall_s']} s; the rest is installs, `dvc pull` and DVC itself):", "",
+                  "| stage | wall (s) |", "|---|---:|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in first["stages_s"].items()]
     (dest / "readme_commands.md").write_text("\n".join(lines) + "\n")
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+class _Kept:
+    "A context manager like TemporaryDirectory that keeps its folder."
+    def __init__(self, d): self.d = str(Path(d).resolve())
+    def __enter__(self): return self.d
+    def __exit__(self, *exc): return False
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from volnb.backtest import (BacktestConfig, align_predictions, annual_volatility, backtest_config, backtest_table,
-                            block_bootstrap_sharpe_ci, buy_low_sell_high, cagr, kelly_criterion, max_drawdown,
-                            mean_reversion, momentum, performance, returns_fell, run_strategy, sharpe_ratio,
-                            simulate, trade_stats, trend, value_at_risk)
+from volnb.backtest import (TABLE6_COLUMNS, BacktestConfig, align_predictions, annual_volatility, backtest_config,
+                            backtest_runs, backtest_table, best_validation_run, block_bootstrap_sharpe_ci,
+                            buy_low_sell_high, cagr, expected_shortfall, historical_var, kelly_criterion, max_drawdown,
+                            mean_reversion, momentum, performance, returns_fell, run_strategy, seed_average_returns,
+                            sharpe_block_length, sharpe_ratio, simulate, table6, trade_stats, trend, value_at_risk)
 from volnb.core import DataValidationError, project_root
 
 
@@ -165,6 +166,42 @@ def test_metrics_on_a_known_series():
     assert kelly_criterion([0.2, -0.1, 0.05, -0.1]) == pytest.approx(0.5 - 0.5 / 1.25)
 
 
+def test_historical_var_and_expected_shortfall_by_hand():
+    # 40 returns: -10, -8, -6, -4 % and 36 days of +1 %; the 5 % tail is 2 days
+    r40 = np.r_[[-0.10, -0.08, -0.06, -0.04], np.full(36, 0.01)]
+    assert historical_var(r40) == pytest.approx(-0.08, abs=1e-15)           # the 2nd smallest
+    assert expected_shortfall(r40) == pytest.approx(-0.09, abs=1e-15)       # mean of the 2 worst
+    # 20 returns: the tail is exactly the worst day (0.05 * 20 = 1, not 1.0000000000000009)
+    r20 = np.r_[[-0.07, -0.03], np.full(18, 0.002)]
+    assert historical_var(r20) == expected_shortfall(r20) == -0.07
+    # 30 returns: a tail of 1.5 days -> VaR the 2nd smallest, CVaR (r1 + 0.5 r2) / 1.5
+    r30 = np.r_[[-0.10, -0.08, -0.06], np.full(27, 0.01)]
+    assert historical_var(r30) == pytest.approx(-0.08, abs=1e-15)
+    assert expected_shortfall(r30) == pytest.approx((-0.10 - 0.5 * 0.08) / 1.5, abs=1e-15)
+    # against numpy's lower empirical quantile (inverted CDF) on a longer synthetic series
+    r = np.random.default_rng(4).standard_t(3, 997) * 0.02
+    for c in (0.95, 0.99, 0.9):
+        assert historical_var(r, c) == np.quantile(r, 1 - c, method="inverted_cdf")
+        assert expected_shortfall(r, c) <= historical_var(r, c)
+    assert expected_shortfall(r[:100]) == pytest.approx(np.sort(r[:100])[:5].mean(), rel=1e-12)   # 5 whole days
+    with pytest.raises(ValueError, match="confidence"):
+        historical_var(r, 95)
+    with pytest.raises(ValueError, match="NaN"):
+        expected_shortfall(np.r_[r[:10], np.nan])
+
+
+def test_performance_reports_three_risk_columns():
+    eq = pd.Series(np.r_[100.0, 100 * np.cumprod(1 + np.r_[[-0.10, -0.08, -0.06, -0.04], np.full(36, 0.01)])])
+    pf = performance(eq)
+    r = eq.pct_change().iloc[1:]
+    assert "var95_pct" not in pf
+    assert pf["var95_parametric_pct"] == pytest.approx(value_at_risk(r) * 100, rel=1e-12)
+    assert (pf["var95_historical_pct"], pf["cvar95_historical_pct"]) == pytest.approx((-8.0, -9.0), abs=1e-9)
+    keys = list(pf)
+    assert keys[keys.index("kelly_pct") + 1:keys.index("pnl_pct")] == \
+        ["var95_parametric_pct", "var95_historical_pct", "cvar95_historical_pct"]
+
+
 def test_metrics_match_quantstats():
     qs = pytest.importorskip("quantstats")
     idx = pd.date_range("2021-01-01", periods=60, freq="D")
@@ -211,15 +248,86 @@ def test_bad_market_frame_is_rejected(hand):
 
 # ---------------------------------------------------------------- bootstrap, config, table
 
+def _bootstrap_before_arch(returns, block=20, n=2000, alpha=0.05, seed=0, annualisation=365):
+    """volnb.backtest.block_bootstrap_sharpe_ci as it was before it used arch.bootstrap (commit 27efcb5), kept
+    here as the reference: hand-written circular blocks from one (n, n_blocks) draw of start days."""
+    r = np.asarray(returns, float)
+    T = r.size
+    block = max(1, min(int(block), T))
+    n_blocks = -(-T // block)
+    starts = np.random.default_rng(seed).integers(0, T, size=(n, n_blocks))
+    idx = ((starts[:, :, None] + np.arange(block)) % T).reshape(n, n_blocks * block)[:, :T]
+    s = r[idx]
+    sd = s.std(axis=1, ddof=1)
+    sh = np.where(sd > 0, s.mean(axis=1) / np.where(sd > 0, sd, 1.0) * np.sqrt(annualisation), np.nan)
+    lo, hi = np.nanquantile(sh, [alpha / 2, 1 - alpha / 2])
+    return {"sharpe": r.mean() / r.std(ddof=1) * np.sqrt(annualisation), "lower": float(lo), "upper": float(hi)}
+
+
+@pytest.mark.parametrize("T, block, seed", [(313, 20, 0), (250, 20, 5), (400, 7, 3), (60, 20, 1)])
+def test_arch_bootstrap_reproduces_the_hand_written_one_exactly(T, block, seed):
+    """Same settings (circular blocks of 20 days, same resamples, same seed): arch draws the very same start days
+    (one Generator.integers(T, n_blocks) per resample, the same stream as one (n, n_blocks) draw), so the
+    interval agrees EXACTLY, not just within Monte-Carlo error; the statistic is the same Sharpe ratio."""
+    r = np.random.default_rng(100 + T).normal(0.001, 0.03, T)           # synthetic returns
+    new = block_bootstrap_sharpe_ci(r, block=block, n=2000, alpha=0.05, seed=seed)
+    old = _bootstrap_before_arch(r, block=block, n=2000, alpha=0.05, seed=seed)
+    assert new["sharpe"] == pytest.approx(old["sharpe"], rel=1e-12) and new["block"] == block
+    assert (new["lower"], new["upper"]) == pytest.approx((old["lower"], old["upper"]), rel=1e-12, abs=1e-12)
+
+
+def test_arch_bootstrap_matches_the_old_one_within_monte_carlo_error():
+    "Different random draws (another seed), same settings: the end points agree within their Monte-Carlo error."
+    r = np.random.default_rng(8).normal(0.002, 0.03, 313)
+    new = [block_bootstrap_sharpe_ci(r, block=20, n=2000, seed=s) for s in range(5)]
+    old = [_bootstrap_before_arch(r, block=20, n=2000, seed=100 + s) for s in range(5)]
+    for end in ("lower", "upper"):
+        a, b = np.array([c[end] for c in new]), np.array([c[end] for c in old])
+        spread = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 5)              # standard error of the difference of means
+        assert abs(a.mean() - b.mean()) < 4 * spread + 1e-3
+
+
+def test_interval_is_arch_percentile_interval():
+    "With no zero-spread resample the interval is arch's own conf_int(method='percentile') on the same draws."
+    from arch.bootstrap import CircularBlockBootstrap
+    r = np.random.default_rng(2).normal(0.001, 0.02, 200)
+    ci = block_bootstrap_sharpe_ci(r, block=10, n=500, alpha=0.1, seed=9)
+    bs = CircularBlockBootstrap(10, r, seed=9)
+    lo, hi = bs.conf_int(lambda x: np.array([sharpe_ratio(x)]), reps=500, method="percentile", size=0.9)[:, 0]
+    assert (ci["lower"], ci["upper"]) == pytest.approx((lo, hi), rel=1e-12)
+
+
 def test_block_bootstrap_sharpe_ci():
     r = np.random.default_rng(11).normal(0.001, 0.03, 500)            # synthetic returns
     ci = block_bootstrap_sharpe_ci(r, block=20, n=2000, alpha=0.05, seed=5)
     assert ci["sharpe"] == pytest.approx(sharpe_ratio(r))
     assert ci["lower"] < ci["sharpe"] < ci["upper"]
-    assert block_bootstrap_sharpe_ci(r, seed=5) == ci                  # deterministic per seed
-    assert block_bootstrap_sharpe_ci(r, seed=6) != ci
-    wide = block_bootstrap_sharpe_ci(r, alpha=0.01, seed=5)
+    assert block_bootstrap_sharpe_ci(r, block=20, seed=5) == ci        # deterministic per seed
+    assert block_bootstrap_sharpe_ci(r, block=20, seed=6) != ci
+    wide = block_bootstrap_sharpe_ci(r, block=20, alpha=0.01, seed=5)
     assert wide["lower"] <= ci["lower"] and wide["upper"] >= ci["upper"]
+    flat = block_bootstrap_sharpe_ci(np.zeros(50))                     # no spread: no Sharpe ratio, no interval
+    assert np.isnan([flat["sharpe"], flat["lower"], flat["upper"]]).all()
+    # a strategy that rarely trades: resamples without a non-zero day have no Sharpe ratio and are dropped
+    rare = np.zeros(200); rare[[50, 120]] = [0.02, -0.01]
+    c = block_bootstrap_sharpe_ci(rare, block=5, n=500)
+    assert np.isfinite([c["lower"], c["upper"]]).all() and c["lower"] <= c["upper"]
+    with pytest.raises(ValueError, match="bootstrap_block"):
+        block_bootstrap_sharpe_ci(r, block=0)
+
+
+def test_auto_block_is_politis_white_of_returns_and_squares():
+    from arch.bootstrap import optimal_block_length
+    g = np.random.default_rng(0)
+    r, v = np.empty(1000), 2e-5 / 0.05                                 # a synthetic GARCH(1,1): clustered volatility
+    for t in range(1000):
+        r[t] = np.sqrt(v) * g.standard_normal(); v = 2e-5 + 0.15 * r[t] ** 2 + 0.8 * v
+    b = optimal_block_length(np.column_stack([r, r ** 2]))["circular"]
+    assert sharpe_block_length(r) == int(np.ceil(b.max())) and b.iloc[1] > b.iloc[0]   # the squares set the block
+    assert sharpe_block_length(r) > sharpe_block_length(g.permutation(r))               # no clustering: shorter
+    ci = block_bootstrap_sharpe_ci(r, n=200)
+    assert ci["block"] == sharpe_block_length(r) and block_bootstrap_sharpe_ci(r, block=None, n=200) == ci
+    assert sharpe_block_length(r[:8]) == 2 and sharpe_block_length(np.zeros(100)) == 1   # short or flat
 
 
 def test_config_file_and_table(hand):
@@ -228,11 +336,93 @@ def test_config_file_and_table(hand):
     assert (cfg.capital, cfg.commission, cfg.entry_fraction, cfg.pyramiding, cfg.max_position_fraction,
             cfg.spike_threshold, cfg.lookback, cfg.scaled, cfg.annualisation, cfg.risk_free) == \
         (10000, 0.001, 0.05, True, 1.0, 1.0, 2, (False, True), 365, 0)
+    assert cfg.bootstrap_block == "auto"                               # arch's optimal_block_length, not a fixed 20 days
+    assert backtest_config(bootstrap_block=None).bootstrap_block == "auto" and backtest_config(bootstrap_block=20).bootstrap_block == 20
+    for bad in (0, -3, 2.5, "twenty", True):
+        with pytest.raises(ValueError, match="bootstrap_block"):
+            backtest_config(bootstrap_block=bad)
     with pytest.raises(ValueError, match="unknown key"):
         backtest_config({"capitol": 1})
     market, preds = hand
     two = pd.concat([preds, preds.assign(model="b", prediction=1.5)], ignore_index=True)
     tab = backtest_table(market, two, backtest_config(cfg, bootstrap_n=100))
     assert len(tab) == 2 * 7 and set(tab.model) == {"m", "b"}
+    assert list(tab.columns[-5:]) == ["sharpe_lower", "sharpe_upper", "bootstrap_block", "commission_paid", "final_equity"]
     row = tab[(tab.model == "m") & (tab.strategy == "buy_low_sell_high") & (~tab.scaled)].iloc[0]
     assert round(row.final_equity, 2) == 10018.98 and round(row.commission_paid, 2) == 1.02
+
+
+# ---------------------------------------------------------------- Table 6 over seeds, Figure 7's run
+
+def _two_seed_runs():
+    """Closes 100, 110, 99, 108.9, 98.01, opens at the previous close, no commission, 1,000 USD: seed 0 buys with all
+    its cash at day 1's open (returns +10, -10, +10, -10 %, PnL -1.99 %), seed 1 with half (PnL -0.995 %)."""
+    m = _market(close=[100, 110, 99, 108.9, 98.01], open_=[100, 100, 110, 99, 108.9])
+    return {("m", s, "buy_and_hold", False): simulate(m.open, m.close, [f, 0, 0, 0, 0], [False] * 5, 1000, commission=0.0)
+            for s, f in [(0, 1.0), (1, 0.5)]}
+
+
+def test_table6_means_over_seeds_and_bootstraps_the_seed_averaged_strategy():
+    runs = _two_seed_runs()
+    cfg = BacktestConfig(bootstrap_n=300, bootstrap_block=2)
+    per_seed = backtest_table(None, None, cfg, runs=runs, labels={"m": "Model M"})
+    assert per_seed.label.tolist() == ["Model M", "Model M"] and per_seed.columns[:3].tolist() == ["model", "label", "seed"]
+    assert per_seed.pnl_pct.tolist() == pytest.approx([-1.99, -0.995], abs=1e-9)
+    t = table6(per_seed, runs, cfg, labels={"m": "Model M"})
+    assert list(t.columns) == TABLE6_COLUMNS and len(t) == 1
+    row = t.iloc[0]
+    assert (row.label, row.strategy, row.scaled, row.n_seeds) == ("Model M", "buy_and_hold", False, 2)
+    assert row.pnl_pct == pytest.approx(-1.4925, abs=1e-9)                 # the mean of -1.99 and -0.995
+    assert row.final_equity == pytest.approx((980.1 + 990.05) / 2, abs=1e-9)
+    assert row.sharpe == pytest.approx(per_seed.sharpe.mean(), rel=1e-12)  # mean over seeds, as before
+    # seed 0: +-10 %; seed 1: +5 %, -5.238 %, +4.975 %, -5.211 %; the averaged strategy earns their mean each day
+    r1 = np.array([1050 / 1000, 995 / 1050, 1044.5 / 995, 990.05 / 1044.5]) - 1
+    r_avg = (np.array([0.1, -0.1, 0.1, -0.1]) + r1) / 2
+    assert_allclose(seed_average_returns(runs)[("m", "buy_and_hold", False)].to_numpy(), r_avg, rtol=1e-12)
+    assert row.sharpe_seed_avg == pytest.approx(r_avg.mean() / r_avg.std(ddof=1) * np.sqrt(365), rel=1e-12)
+    ci = block_bootstrap_sharpe_ci(r_avg, block=2, n=300, seed=0)
+    assert (row.sharpe_lower, row.sharpe_upper) == pytest.approx((ci["lower"], ci["upper"]), rel=1e-9)
+    assert row.bootstrap_block == 2
+    # not the mean of the per-seed end points (the old, meaningless aggregate)
+    assert row.sharpe_lower != pytest.approx(per_seed.sharpe_lower.mean())
+
+
+def test_table6_with_one_seed_is_the_run_itself(hand):
+    market, preds = hand
+    cfg = BacktestConfig(bootstrap_n=200)
+    runs = backtest_runs(market, pd.concat([preds, preds.assign(model="b", prediction=1.5)], ignore_index=True), cfg)
+    per_seed = backtest_table(market, preds, cfg, runs=runs)
+    t = table6(per_seed, runs, cfg)
+    assert t.label.tolist() == t.model.tolist() and (t.n_seeds == 1).all()
+    cols = ["sharpe", "sharpe_lower", "sharpe_upper", "pnl_pct", "var95_historical_pct"]
+    assert_allclose(t[cols].to_numpy(float), per_seed[cols].to_numpy(float), rtol=1e-12, equal_nan=True)
+    assert_allclose(t.sharpe_seed_avg, t.sharpe, rtol=1e-12, equal_nan=True)
+    assert t[["model", "strategy", "scaled"]].values.tolist() == per_seed[["model", "strategy", "scaled"]].values.tolist()
+
+
+def test_table6_rejects_inconsistent_inputs():
+    runs = _two_seed_runs()
+    per_seed = backtest_table(None, None, BacktestConfig(bootstrap_n=20), runs=runs)
+    with pytest.raises(ValueError, match="no display label"):
+        table6(per_seed, runs, BacktestConfig(bootstrap_n=20), labels={"other": "X"})
+    with pytest.raises(ValueError, match="no runs for"):
+        table6(per_seed.assign(model="zz"), runs, BacktestConfig(bootstrap_n=20))
+    with pytest.raises(ValueError, match="missing column"):
+        table6(per_seed.drop(columns="seed"), runs)
+    short = dict(runs)
+    k = ("m", 1, "buy_and_hold", False)
+    r = short[k]
+    short[k] = type(r)(r.equity.iloc[:-1], r.position.iloc[:-1], r.cash.iloc[:-1], r.trades, r.round_trips, r.signals)
+    with pytest.raises(ValueError, match="different days"):
+        seed_average_returns(short)
+
+
+def test_best_validation_run_uses_mean_validation_rmse():
+    tr = pd.DataFrame({"model": ["a", "a", "b", "b", "c"], "seed": [0, 1, 0, 1, 0],
+                       "best_val_rmse": [0.20, 0.10, 0.13, 0.12, 0.16]})
+    assert best_validation_run(tr) == ("b", 1)          # a has the best single run (0.10), b the best mean (0.125)
+    assert best_validation_run(tr[tr.model != "b"]) == ("a", 1)
+    with pytest.raises(ValueError, match="missing column"):
+        best_validation_run(tr.rename(columns={"best_val_rmse": "val"}))
+    with pytest.raises(ValueError, match="no rows"):
+        best_validation_run(tr.iloc[:0])

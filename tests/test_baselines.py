@@ -7,21 +7,32 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import gamma as gamma_fn, hyp1f1
 
-from volnb.baselines import (MODELS, Block, baseline_predictions, ewma_variance, fit_har, forecast_variances,
-                             har_design, historical_variance, parkinson_rv, refit_blocks, synthetic_garch_frame,
-                             synthetic_har_rv, variance_to_target)
-from volnb.core import DataValidationError
+from omegaconf import OmegaConf
+
+from volnb.baselines import (HAR_PARAMS, MODELS, Block, baseline_predictions, ewma_variance, fit_har,
+                             forecast_variances, har_coefficients, har_design, har_fit_table, historical_variance,
+                             parkinson_rv, refit_blocks, synthetic_garch_frame, synthetic_har_rv, variance_to_target)
+from volnb.core import DataValidationError, compose_config
 from volnb.metrics import PREDICTION_COLUMNS, validate_predictions
 
-EXP = {"target": {"annualisation": 365, "power": 0.25}}
+_CFG = compose_config("experiment=herremans")                  # the project's config: baselines=daily
+EXP = _CFG.experiment
 
 
 def make_cfg(**kw):
-    "The shape of conf/baselines/daily.yaml, with a short history so the tests stay fast."
-    cfg = dict(models=list(MODELS), refit_every=5, min_train_days=300, window="expanding", rolling_days=1000,
-               ewma_lambda=0.94, historical_window=None, return_scale=100.0, dist="normal", quadrature_nodes=64)
-    cfg.update(kw)
+    "conf/baselines/daily.yaml as composed, with a short history (min_train_days=300) so the tests stay fast, and `kw`."
+    cfg = OmegaConf.to_container(_CFG.baselines, resolve=True)
+    cfg.update({"min_train_days": 300, **kw})
     return cfg
+
+
+def ols_before_arch(rv, start=0, stop=None):
+    "volnb.baselines.fit_har before it used arch (commit 27efcb5), kept as the reference: least squares on har_design."
+    rv = np.asarray(rv, dtype=float)
+    stop = rv.size if stop is None else stop
+    X = har_design(rv[:stop])
+    s = np.arange(max(start - 1, 21), stop - 1)
+    return np.linalg.lstsq(X[s], rv[s + 1], rcond=None)[0], X[s], rv[s + 1]
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +113,33 @@ def test_parkinson_and_har_design():
 def test_har_ols_recovers_coefficients():
     beta = np.array([2e-5, 0.4, 0.3, 0.15])
     rv = synthetic_har_rv(20_000, beta=beta, shape=6.0, seed=3)
-    est = fit_har(rv)
+    est = har_coefficients(fit_har(rv))
     assert_allclose(est[1:], beta[1:], atol=0.04)
     assert est[0] == pytest.approx(beta[0], rel=0.3)
     # a fit on a sub-window uses only responses inside it
-    assert_allclose(fit_har(rv, 0, 10_000), fit_har(rv[:10_000]), rtol=1e-12)
+    assert_allclose(har_coefficients(fit_har(rv, 0, 10_000)), har_coefficients(fit_har(rv[:10_000])), rtol=1e-12)
+
+
+@pytest.mark.parametrize("start, stop", [(0, 600), (0, 1500), (250, 1200), (10, 400)])
+def test_har_arch_agrees_with_the_previous_ols_and_statsmodels(start, stop):
+    """arch's HARX (lags 1, 5, 22) on the daily range variance gives the coefficients of the previous hand-written
+    least squares, and statsmodels' OLS on the same pairs gives the same coefficients, White (HC0) standard errors
+    and Gaussian log-likelihood."""
+    sm = pytest.importorskip("statsmodels.api")
+    syn = synthetic_garch_frame(n_train=1500, n_validation=0, n_test=0, seed=4)       # synthetic OHLC bars
+    rv = parkinson_rv(syn.high, syn.low)[1:]
+    res = fit_har(rv, start, stop)
+    beta_old, X, y = ols_before_arch(rv, start, stop)
+    assert res.nobs == len(y) == stop - max(start, 22)
+    assert_allclose(har_coefficients(res), beta_old, rtol=1e-8, atol=1e-14)
+    ref = sm.OLS(y, X).fit(cov_type="HC0")
+    assert_allclose(har_coefficients(res), ref.params, rtol=1e-8, atol=1e-14)
+    assert_allclose(res.std_err.to_numpy()[:4], ref.bse, rtol=1e-6)
+    assert res.loglikelihood == pytest.approx(ref.llf, rel=1e-9)
+    assert res.params["sigma2"] == pytest.approx(ref.ssr / ref.nobs, rel=1e-9)
+    assert res.params.index.tolist() == ["Const", "y[0:1]", "y[0:5]", "y[0:22]", "sigma2"]
+    with pytest.raises(ValueError, match="too few HAR"):
+        fit_har(rv, 0, 29)
 
 
 # ---------------------------------------------------------------- refit schedule
@@ -124,6 +157,43 @@ def test_refit_blocks_schedule():
         refit_blocks(700, 10, 5, 500, window="rolling", rolling_days=400)
     with pytest.raises(ValueError, match="refit_every"):
         refit_blocks(700, 10, 0, 500)
+
+
+def test_fit_log_records_har_standard_errors_and_loglik(syn, syn_fc):
+    log = syn_fc.fit_log
+    assert list(log.columns) == ["model", "refit_date", "n_obs", "converged", "loglik", "params", "std_err", "warnings"]
+    har = log[log.model == "har_rv"]
+    assert np.isfinite(har.loglik).all() and all(set(p) == set(HAR_PARAMS) for p in har.params)
+    # the last refit, recomputed: arch's HARX on the range variance of every return before the refit date
+    rv = parkinson_rv(syn.high, syn.low)[1:]
+    last = fit_har(rv, 0, 385)
+    assert har.params.iloc[-1] == pytest.approx(dict(zip(HAR_PARAMS, last.params)), rel=1e-12)
+    assert har.std_err.iloc[-1] == pytest.approx(dict(zip(HAR_PARAMS, last.std_err)), rel=1e-12)
+    assert har.loglik.iloc[-1] == pytest.approx(last.loglikelihood, rel=1e-12)
+    garch = log[log.model == "garch"]
+    assert set(garch.std_err.iloc[0]) == {"omega", "alpha[1]", "beta[1]"}
+    t = har_fit_table(log)
+    assert t.columns.tolist() == ["refit_date", "n_obs", "b0", "b_d", "b_w", "b_m", "sigma2", "se_b0", "se_b_d",
+                                  "se_b_w", "se_b_m", "se_sigma2", "loglik", "warnings"]
+    assert len(t) == 8 and t.refit_date.tolist() == har.refit_date.tolist()
+    assert t.b_d.iloc[-1] == pytest.approx(last.params["y[0:1]"], rel=1e-12)
+    assert t.se_b_m.iloc[-1] == pytest.approx(last.std_err["y[0:22]"], rel=1e-12)
+    with pytest.raises(ValueError, match="no har_rv"):
+        har_fit_table(log[log.model != "har_rv"])
+
+
+def test_every_setting_comes_from_the_config(syn):
+    cfg = make_cfg(models=["historical_mean", "ewma"])               # a model's settings are read when it runs
+    for key in ("models", "refit_every", "min_train_days", "window", "rolling_days", "historical_window", "ewma_lambda"):
+        with pytest.raises(KeyError, match=key):
+            forecast_variances(syn, {k: v for k, v in cfg.items() if k != key})
+    fc = forecast_variances(syn, cfg)
+    for key in ("target_map", "quadrature_nodes"):
+        with pytest.raises(KeyError, match=key):
+            baseline_predictions(syn, {k: v for k, v in cfg.items() if k != key}, EXP, forecasts=fc)
+    # the composed config itself (an OmegaConf node) and its experiment node, or the whole config, work alike
+    p = baseline_predictions(syn, _CFG.baselines.copy(), _CFG, forecasts=fc)
+    assert_allclose(p.prediction, baseline_predictions(syn, cfg, EXP, forecasts=fc).prediction, rtol=1e-15)
 
 
 def test_fit_log_honours_refit_every_and_min_train_days(syn, syn_fc):

@@ -9,9 +9,10 @@ from numpy.testing import assert_allclose
 from torch import nn
 
 from volnb.attention import ATTENTION_VARIANTS, causal_mask
-from volnb.explain import (attention_by_lag, compare_rankings, feature_ablation, group_importance,
-                           importance_table, integrated_gradients, plot_attention_by_lag, plot_importance,
-                           plot_synthetic_matrices, synthetic_matrices, top_features)
+from volnb.explain import (attention_by_lag, compare_rankings, explain_crosscheck, feature_ablation,
+                           feature_importance_table, group_importance, importance_by_family, importance_table,
+                           integrated_gradients, over_seeds, plot_attention_by_lag, plot_importance,
+                           plot_importance_heatmap, plot_synthetic_matrices, synthetic_matrices, table5, top_features)
 from volnb.models import DecoderTransformer, LSTMRegressor
 
 NAMES = ["f0", "f1", "f2", "f3"]
@@ -191,6 +192,61 @@ def test_group_importance_small_and_unknown():
     assert g.loc["b", "mean"] == 7 and g.index[0] == "b"
     with pytest.raises(ValueError, match="without a category"):
         group_importance(table([1, 2, 3, 4]), {"f0": "a"})
+
+
+# --- the stage's tables over seeds ---------------------------------------------------------------------
+
+def per_seed_rows(model, seed, abs_means, means=None):
+    t = table(abs_means if means is None else means)                      # importance_table of one window
+    t["abs_mean"] = t.feature.map(dict(zip(NAMES, abs_means)))
+    return t.assign(model=model, seed=seed)
+
+
+def test_over_seeds_by_hand():
+    rows = pd.concat([per_seed_rows("z", 0, [4, 1, 2, 0], [4, -1, 2, 0]), per_seed_rows("z", 1, [2, 3, 2, 1], [-2, -3, 2, 1]),
+                      per_seed_rows("a", 0, [1, 2, 3, 4])], ignore_index=True)
+    g = over_seeds(rows, "feature_ablation")
+    assert g.columns.tolist() == ["method", "model", "feature", "mean", "abs_mean", "rank"]
+    assert (g.method == "feature_ablation").all() and g.model.tolist() == ["a"] * 4 + ["z"] * 4   # models sorted, then rank
+    z = g[g.model == "z"].set_index("feature")
+    # abs means over the two seeds: f0 3, f1 2, f2 2, f3 0.5; signed: f0 1, f1 -2, f2 2, f3 0.5
+    assert z.abs_mean.to_dict() == {"f0": 3.0, "f1": 2.0, "f2": 2.0, "f3": 0.5}
+    assert z["mean"].to_dict() == {"f0": 1.0, "f1": -2.0, "f2": 2.0, "f3": 0.5}
+    # f1 and f2 tie at 2: f2 ranks first, as it came first (seed 0 ranked it above f1)
+    assert z["rank"].to_dict() == {"f0": 1, "f2": 2, "f1": 3, "f3": 4} and z.index.tolist() == ["f0", "f2", "f1", "f3"]
+    assert g[g.model == "a"].feature.tolist() == ["f3", "f2", "f1", "f0"]
+    with pytest.raises(ValueError, match="missing column"):
+        over_seeds(rows.drop(columns="model"), "x")
+
+
+def test_stage_tables_from_two_seeds(windows):
+    "Two 'seeds' of a model reading only f2 (weights 3 and 1): f2 gets the mean of 3|x| and |x|, the rest exactly 0."
+    seeds = {0: OnlyFeature2(), 1: OnlyFeature2()}
+    with torch.no_grad(): seeds[1].w.fill_(1.0)
+    abl = pd.concat([feature_ablation(m, windows, NAMES).assign(model="lin", seed=s) for s, m in seeds.items()])
+    ig = pd.concat([integrated_gradients(m, windows, NAMES).assign(model="lin", seed=s) for s, m in seeds.items()])
+    abl_m, ig_m = over_seeds(abl, "feature_ablation"), over_seeds(ig, "integrated_gradients")
+    x = windows[:, -1, 2].double().abs().mean().item()
+    assert abl_m.set_index("feature").loc["f2", "abs_mean"] == pytest.approx((3 * x + x) / 2, rel=1e-6)
+    labels = {"lin": "Linear"}
+    fi = feature_importance_table([abl_m, ig_m], labels)
+    assert fi.columns.tolist() == ["method", "label", "model", "feature", "mean", "abs_mean", "rank"] and len(fi) == 8
+    t5 = table5(abl_m, ["lin"], labels)
+    assert t5.columns.tolist() == ["model", "label", "top1", "top1_score", "top2", "top2_score", "top3", "top3_score"]
+    assert (t5.top1.iloc[0], t5.top2_score.iloc[0], t5.label.iloc[0]) == ("f2", 0.0, "Linear")
+    cc = explain_crosscheck(abl_m, ig_m, ["lin"], labels).iloc[0]          # a linear model: both methods agree
+    assert cc.top3_agree and cc.spearman == pytest.approx(1.0) and cc.only_ablation == cc.only_ig == ""
+    fam = importance_by_family(abl_m, {"f0": "valuation", "f1": "valuation", "f2": "sentiment", "f3": "derivatives"}, labels)
+    assert fam.columns.tolist() == ["label", "model", "category", "mean", "abs_mean", "n_features", "share"]
+    assert fam.category.tolist()[0] == "sentiment" and fam.share.iloc[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no display label"):
+        table5(abl_m, ["lin"], {})
+    with pytest.raises(ValueError, match="no importance rows for model 'lstm'"):
+        explain_crosscheck(abl_m, ig_m, ["lin", "lstm"], labels)
+    fig = plot_importance_heatmap(abl_m, ["lin"], labels)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Linear"]
+    import matplotlib.pyplot as plt
+    plt.close("all")
 
 
 # --- attention ------------------------------------------------------------------------------------------

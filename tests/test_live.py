@@ -658,3 +658,79 @@ def test_kline_client_defaults_and_bad_arguments(i3, spot):
     assert BarStream("BTCUSDT").push(Kline(0, 1.0, 1.0, 1.0, 1.0, 1.0, None, True, "BTCUSDT")) == ()
     ks = KlineStream("BTCUSDT")
     assert ks.push(Trade(0, 1.0, 1.0, "buy", 1, "BTCUSDT")) == () and ks.other_events == 1
+
+
+# ------------------------------------------------------------------------------------------ REST retries
+class ScriptedHttp:
+    "A loopback HTTP server that answers GETs from a script of (status, headers, JSON body), then repeats the last."
+    def __init__(self, script):
+        import http.server
+        import threading
+        self.script, self.paths = list(script), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.paths.append(self.path)
+                status, headers, body = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", **headers}.items(): self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a): pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_rest_retries_cap_retry_after_and_jitter_the_backoff():
+    "A Retry-After of a day waits retry_after_max; other retries wait backoff·2^attempt less up to half of it."
+    import random
+    from volnb.live import RetryClient
+    busy = {"code": -1003, "msg": "Too many requests"}
+    script = [(429, {"Retry-After": "86400"}, busy), (503, {}, busy), (502, {}, busy), (200, {}, {"serverTime": 42})]
+    with ScriptedHttp(script) as srv:
+        sleeps = []
+        c = RetryClient(retries=3, backoff=0.5, backoff_max=4.0, jitter=0.5, retry_after_max=2.0, rng=random.Random(1),
+                        sleep=sleeps.append)
+        assert c.get_json(f"{srv.url}/api/v3/time") == {"serverTime": 42}
+    assert len(srv.paths) == 4 and sleeps[0] == 2.0
+    assert 0.5 <= sleeps[1] <= 1.0 and 1.0 <= sleeps[2] <= 2.0            # attempts 1 and 2: (d/2, d]
+    # the jitter spreads clients: 500 draws of one attempt cover most of (d/2, d]; a seeded RNG repeats its draws
+    many = [c.wait_for(3) for _ in range(500)]
+    assert 2.0 <= min(many) < 2.2 and 3.8 < max(many) <= 4.0
+    seeded = lambda: RetryClient(backoff=0.5, backoff_max=4.0, rng=random.Random(7))
+    a, b = seeded(), seeded()
+    assert [a.wait_for(k) for k in range(5)] == [b.wait_for(k) for k in range(5)]
+    for x in (c, a, b): x.close()
+
+
+def test_feed_rest_calls_use_the_feeds_jittered_retries():
+    "The feed's warm-up/backfill client: the feed's RNG and jitter, Retry-After capped at the feed's backoff_max."
+    from volnb.live import RetryClient
+    busy = {"code": -1003, "msg": "Too many requests"}
+    script = [(429, {"Retry-After": "3600"}, busy), (503, {}, busy), (200, {}, {"serverTime": 1_723_161_600_000})]
+    with ScriptedHttp(script) as srv:
+        feed = FeedClient("binance", rest_url=srv.url, backoff_max=0.05, jitter=0.5, seed=3)
+        c = feed._client()
+        sleeps = []
+        c.sleep = sleeps.append
+        assert asyncio.run(feed.server_time_ms()) == 1_723_161_600_000
+    assert isinstance(c, RetryClient) and c.rng is feed._rng and c.jitter == 0.5
+    assert sleeps[0] == 0.05 and 0.2 <= sleeps[1] <= 0.4                   # capped Retry-After; attempt 1 of backoff 0.2
+    same = FeedClient("binance", backoff_max=0.05, seed=3)._client()
+    other = FeedClient("binance", backoff_max=0.05, seed=4)._client()
+    a, b = [same.wait_for(2) for _ in range(5)], [other.wait_for(2) for _ in range(5)]
+    assert a != b and all(0.4 <= x <= 0.8 for x in a + b)

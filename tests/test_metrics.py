@@ -7,7 +7,7 @@ from scipy import stats
 
 from volnb.core import DataValidationError
 from volnb.metrics import (PREDICTION_COLUMNS, diebold_mariano, evaluate_predictions, mae, pointwise_loss,
-                           qlike, read_predictions, rmse, spike_confusion, summarise_over_seeds,
+                           precision_recall_f1, qlike, read_predictions, rmse, spike_confusion, summarise_over_seeds,
                            target_to_variance, validate_predictions, write_predictions)
 
 
@@ -85,6 +85,44 @@ def test_spike_zero_division_is_zero():
     assert (c["precision"], c["recall"], c["f1"], c["fn"]) == (0.0, 0.0, 0.0, 1)
 
 
+def _sklearn_prf(tp, fp, fn, tn=1):
+    from sklearn.metrics import precision_recall_fscore_support
+    y = [1] * tp + [0] * fp + [1] * fn + [0] * tn
+    yhat = [1] * tp + [1] * fp + [0] * fn + [0] * tn
+    return tuple(float(v) for v in precision_recall_fscore_support(y, yhat, average="binary", zero_division=0)[:3])
+
+
+def test_precision_recall_f1_is_sklearn_zero_division_0():
+    "Every count triple up to 6 (the zero-denominator cases included), and Table 3's own counts, to the last bit."
+    for tp in range(7):
+        for fp in range(7):
+            for fn in range(7):
+                assert precision_recall_f1(tp, fp, fn) == _sklearn_prf(tp, fp, fn), (tp, fp, fn)
+    for counts in [(15, 6, 46), (12, 5, 49), (4, 0, 57), (0, 0, 61), (9, 12, 24)]:
+        assert precision_recall_f1(*counts) == _sklearn_prf(*counts)
+    assert precision_recall_f1(np.int64(2), np.int64(1), np.int64(1)) == (2 / 3, 2 / 3, 2 / 3)
+
+
+def test_precision_recall_f1_zero_denominators_and_bad_counts():
+    assert precision_recall_f1(0, 0, 5) == (0.0, 0.0, 0.0)      # nothing predicted positive
+    assert precision_recall_f1(0, 3, 0) == (0.0, 0.0, 0.0)      # no positives
+    assert precision_recall_f1(0, 0, 0) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1(3, 0, 1) == (1.0, 0.75, 6 / 7)
+    for bad, name in [((-1, 0, 0), "tp"), ((1, 2.5, 0), "fp"), ((1, 0, True), "fn"), ((1, 0, "2"), "fn")]:
+        with pytest.raises(ValueError, match=f"{name} must be a non-negative integer count"):
+            precision_recall_f1(*bad)
+
+
+def test_spike_confusion_with_explicit_actual_spikes():
+    target, prediction = [0.5, 1.2, 1.0, 0.9, 1.5, 0.7], [0.6, 1.1, 0.8, 1.3, 1.6, 0.2]
+    actual = np.array([False, True, False, False, False, False])   # only row 1 counts as a spike
+    c = spike_confusion(target, prediction, 1.0, actual=actual)
+    assert (c["tp"], c["fn"], c["tn"], c["fp"]) == (1, 0, 3, 2)
+    assert (c["precision"], c["recall"]) == (1 / 3, 1.0)
+    with pytest.raises(ValueError, match="boolean array of shape"):
+        spike_confusion(target, prediction, 1.0, actual=actual[:3])
+
+
 # ---------------------------------------------------------------- evaluation table
 
 def test_evaluate_one_row_per_model_seed(preds):
@@ -101,6 +139,19 @@ def test_evaluate_one_row_per_model_seed(preds):
     assert evaluate_predictions(preds, split=None).n.tolist() == [5, 5, 5, 5]
     with pytest.raises(ValueError, match="no prediction rows"):
         evaluate_predictions(preds, split="train")
+
+
+def test_evaluate_with_an_actual_spike_column(preds):
+    flags = preds.assign(actual=preds.target >= 1.1)         # only the 1.2 day is an actual spike
+    t = evaluate_predictions(flags, threshold=1.0, actual="actual")
+    plain = evaluate_predictions(preds, threshold=1.0)
+    e = t.iloc[2]                                             # ewma seed 0 flags 1.15 1.05 1.3 -> days 1, 2, 3
+    assert (e.tp, e.fn, e.tn, e.fp) == (1, 0, 1, 2)
+    pd.testing.assert_frame_equal(t[["rmse", "mae", "qlike", "n"]], plain[["rmse", "mae", "qlike", "n"]])
+    with pytest.raises(ValueError, match="boolean column"):
+        evaluate_predictions(flags.assign(actual=1), actual="actual")
+    with pytest.raises(ValueError, match="boolean column"):
+        evaluate_predictions(preds, actual="missing")
 
 
 def test_summarise_over_seeds(preds):

@@ -6,13 +6,15 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from volnb import stages
 from volnb.core import compose_config, render_readme
 
 STAGES = ["prepare", "describe", "baselines", "train", "evaluate", "explain", "backtest", "report"]
 
 
 def overrides(tmp, end="2018-12-31"):
-    return (f"experiment=herremans paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
+    "A short range in a temporary reports folder: the stage's own overrides (experiment, protocol) come first."
+    return (f"paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
             f"experiment.end={end} experiment.split.train=[2016-01-02,2017-12-31] "
             "experiment.split.validation=[2018-01-01,2018-06-30] experiment.split.test=[2018-07-01,2018-12-31] "
             "baselines.refit_every=30 baselines.min_train_days=300 "
@@ -21,10 +23,8 @@ def overrides(tmp, end="2018-12-31"):
 
 
 def run_stage(root, tmp, stage, ov):
-    out = tmp / "reports" / "notebooks" / "herremans"
-    out.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(root / "nbs" / "pipeline" / f"{stage}.ipynb"), str(out / f"{stage}.ipynb"),
-                        parameters={"overrides": ov}, kernel_name="python3", progress_bar=False, cwd=str(root))
+    "The one runner dvc.yaml uses (`volnb stage NAME`), with extra overrides."
+    return stages.run_stage(stage, ov, echo=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,9 @@ def test_published_code_protocol(pipeline_run, root):
     tmp, _ = pipeline_run
     t = tmp / "reports/tables/herremans"
     clean_before = (t / "table3.csv").read_bytes()
-    ov = overrides(tmp) + " protocol=published_code"
-    run_stage(root, tmp, "train", ov)
-    run_stage(root, tmp, "evaluate", ov)
+    run_stage(root, tmp, "train_published_code", overrides(tmp))
+    run_stage(root, tmp, "evaluate_published_code", overrides(tmp))
+    assert (tmp / "reports/notebooks/herremans/train_published_code.ipynb").exists()
     assert (t / "table3.csv").read_bytes() == clean_before                    # the clean results are untouched
     tr = pd.read_csv(t / "training_published_code.csv")
     assert set(tr.model) == {"lstm", "synth_random_dot"} and len(tr) == 4

@@ -151,8 +151,8 @@ def waits():
 
 @pytest.fixture
 def client(waits):
-    "Three retries, waits recorded instead of slept."
-    return HttpClient(timeout=5, retries=3, backoff=0.001, backoff_max=0.01, sleep=waits.append)
+    "Three retries, waits recorded instead of slept (no jitter, so the waits are exact)."
+    return HttpClient(timeout=5, retries=3, backoff=0.001, backoff_max=0.01, sleep=waits.append, jitter=0)
 
 
 @pytest.fixture
@@ -276,11 +276,24 @@ def test_retries_after_429_and_500_then_succeeds(server, cfg, client, waits, tmp
     assert waits == [2.0, 0.002]                         # Retry-After honoured, then backoff·2^1
 
 
+def test_retry_waits_are_jittered_and_retry_after_is_capped(server, cfg, waits, tmp_path):
+    "Default jitter: waits spread below backoff·2^k; a Retry-After of a day is cut to retry_after_max."
+    import random
+    server.state.faults[FUNDING_PATH] = [None, (429, {"Retry-After": "86400"}, "slow down"), (503, {}, "busy"),
+                                         (503, {}, "busy")]
+    client = HttpClient(timeout=5, retries=3, backoff=0.5, backoff_max=8.0, retry_after_max=5.0,
+                        sleep=waits.append, rng=random.Random(3))
+    out = run(cfg, tmp_path, client, "funding_daily")
+    assert out.read_text().splitlines() == expected_lines("funding_daily.csv")
+    assert waits[0] == 5.0                                # capped, not a day
+    assert 0.5 <= waits[1] <= 1.0 and 1.0 <= waits[2] <= 2.0 and waits[1:] != [1.0, 2.0]
+
+
 def test_connection_errors_are_retried_then_reported(cfg, waits, tmp_path):
     with socket.socket() as s:                            # a port with nothing listening
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     cfg["sources"]["fear_greed_daily"]["base_url"] = f"http://127.0.0.1:{port}"
-    client = HttpClient(timeout=2, retries=2, backoff=0.001, sleep=waits.append)
+    client = HttpClient(timeout=2, retries=2, backoff=0.001, sleep=waits.append, jitter=0)
     with pytest.raises(FetchError, match=r"fear_greed_daily: no answer after 3 attempts .*127\.0\.0\.1:\d+/fng/\?limit=0&format=json"):
         run(cfg, tmp_path, client, "fear_greed_daily")
     assert waits == [0.001, 0.002]

@@ -257,6 +257,32 @@ def test_rate_limit_429(registry, serve, rows):
     assert 'volnb_requests_total{method="POST",path="/predict",status="429"} 2.0' in c.get("/metrics").text
 
 
+@pytest.mark.parametrize("per_minute,cap,expect", [(1, 7, {7}), (1, 600, {59, 60}), (120, 60, {1})])
+def test_retry_after_is_a_capped_whole_number(registry, serve, per_minute, cap, expect):
+    "Retry-After: whole seconds >= 1, at most serve.retry_after_max_s and the bucket's refill time (60 s at 1/min)."
+    c = serve(registry.root, rate_limit_per_minute=per_minute, retry_after_max_s=cap)
+    for _ in range(per_minute): assert c.get("/version").status_code == 200
+    r = c.get("/version")
+    assert r.status_code == 429 and r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) in expect
+
+
+def test_registry_is_readable_by_other_users(tmp_path, artefacts):
+    "Under umask 022 every folder the registry makes is 0755 and every file 0644 (no mkstemp/mkdtemp 0600/0700)."
+    import os, stat
+    old = os.umask(0o022)
+    try:
+        reg = Registry(tmp_path / "registry")
+        reg.register(artefacts["z"], baseline=True)
+        reg.register(artefacts["a"])
+        reg.promote(reg.register(artefacts["b"]))
+    finally: os.umask(old)
+    made = [p for p in (tmp_path / "registry").rglob("*") if p.name != ".lock"]
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in made}
+    assert {k for k, m in modes.items() if m != (0o755 if (tmp_path / k).is_dir() else 0o644)} == set()
+    assert {"registry/state.json", "registry/versions/v0002/model.npz", "registry/baseline/meta.json"} <= set(modes)
+    assert not [p for p in made if p.name.startswith(".incoming-")]           # no staging folder left behind
+
+
 # ---------------------------------------------------------------------------------------------- fallback
 def _corrupt_model(reg, version):
     (reg.path(version) / "model.npz").write_bytes(b"PK\x03\x04 not really a zip")

@@ -15,10 +15,10 @@ from numpy.testing import assert_allclose
 
 import volnb.spike as spike
 from volnb.core import DataValidationError, compose_config
-from volnb.spike import (ARTEFACT_FILES, SPIKE_MODELS, SYNTHETIC_FEATURES, ArtefactError, SpikeScorer, calibration_bins,
-                         choose_threshold, export_arrays, fit_spike_model, load_artefact, metrics_table, sample_reference,
-                         save_artefact, score_spike_models, select_model, spike_metrics, synthetic_spike_frame,
-                         train_spike_models)
+from volnb.spike import (ARTEFACT_FILES, MODEL_METRICS, MODELS_TABLE_COLUMNS, SPIKE_MODELS, SYNTHETIC_FEATURES, ArtefactError,
+                         SpikeScorer, calibration_bins, calibration_table, choose_threshold, export_arrays, fit_spike_model,
+                         load_artefact, metrics_table, models_metrics, models_table, sample_reference, save_artefact,
+                         score_spike_models, select_model, spike_metrics, synthetic_spike_frame, train_spike_models)
 
 FEATS = list(SYNTHETIC_FEATURES)
 REF_ROWS = 700
@@ -479,8 +479,49 @@ def test_metric_values_by_hand():
     assert m["roc_auc"] == pytest.approx(3 / 6)                  # 3 of the 6 (spike, calm) pairs ranked right
     assert m["pr_auc"] == pytest.approx((1 / 2 + 2 / 4) / 2)     # AP: recall steps at ranks 2 (P=1/2) and 4 (P=2/4)
     assert m["brier"] == pytest.approx(np.mean([0.01, 0.16, 0.4225, 0.04, 0.81]))
-    none = spike_metrics([0, 0, 0], [0.2, 0.9, 0.1], 0.5)
-    assert np.isnan(none["pr_auc"]) and np.isnan(none["roc_auc"]) and np.isnan(none["recall"]) and none["f1"] == 0
+    none = spike_metrics([0, 0, 0], [0.2, 0.9, 0.1], 0.5)          # no spike: recall 0 by convention, the AUCs undefined
+    assert np.isnan(none["pr_auc"]) and np.isnan(none["roc_auc"]) and none["recall"] == 0.0 and none["f1"] == 0
+    quiet = spike_metrics([0, 1, 1], [0.2, 0.3, 0.1], 0.5)         # nothing flagged: precision 0
+    assert (quiet["precision"], quiet["recall"], quiet["f1"], quiet["predicted_positive_rate"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("y,score,threshold", [
+    ([0, 0, 1, 1, 0], [0.1, 0.4, 0.35, 0.8, 0.9], 0.35),
+    ([0, 0, 0], [0.2, 0.9, 0.1], 0.5),                              # no positives
+    ([0, 1, 1], [0.2, 0.3, 0.1], 0.5),                              # nothing predicted positive
+    ([0, 0, 0], [0.2, 0.3, 0.1], 0.5),                              # neither
+    ([1, 1, 0, 1, 0, 0, 1], [0.9, 0.2, 0.6, 0.7, 0.1, 0.55, 0.5], 0.5),
+])
+def test_precision_recall_f1_equal_sklearn_zero_division_0(y, score, threshold):
+    "The one convention (volnb.metrics.precision_recall_f1) is scikit-learn's zero_division=0, to the last bit."
+    from sklearn.metrics import precision_recall_fscore_support
+    m = spike_metrics(y, score, threshold)
+    yhat = (np.asarray(score) >= threshold).astype(int)
+    ref = precision_recall_fscore_support(y, yhat, average="binary", zero_division=0)[:3]
+    assert (m["precision"], m["recall"], m["f1"]) == tuple(float(v) for v in ref)
+
+
+def test_models_table_calibration_table_and_metrics():
+    P = constructed_scores()
+    T = models_table(P, "a")
+    assert T.columns.tolist() == MODELS_TABLE_COLUMNS
+    # the committed table has exactly these columns, in this order
+    committed = Path(__file__).resolve().parents[1] / "reports/tables/spike60s/models.csv"
+    assert committed.read_text().splitlines()[0].split(",") == MODELS_TABLE_COLUMNS
+    assert list(zip(T.model, T.split, T.selected)) == [("a", "validation", True), ("a", "test", True),
+                                                       ("b", "validation", False), ("b", "test", False)]
+    pd.testing.assert_frame_equal(T.drop(columns="selected"), metrics_table(P)[[c for c in MODELS_TABLE_COLUMNS if c != "selected"]])
+    with pytest.raises(ValueError, match="'b' is not the best by validation pr_auc"):
+        models_table(P, "b")
+    cal = calibration_table(P, ["b"], splits=("test", "test_2026"))
+    assert set(cal.split) == {"test"} and cal.n.sum() == 400 and set(cal.model) == {"b"}
+    assert cal.columns.tolist() == pd.read_csv(committed.with_name("calibration.csv")).columns.tolist()
+    with pytest.raises(ValueError, match="no rows"):
+        calibration_table(P, ["b"], splits=("cross_venue",))
+    m = models_metrics(T)
+    assert list(m) == ["a", "b"] and list(m["a"]) == ["validation", "test"]
+    row = T[(T.model == "b") & (T.split == "test")].iloc[0]
+    assert m["b"]["test"] == {k: row[k] for k in MODEL_METRICS}
 
 
 def test_choose_threshold_maximises_f1():

@@ -12,7 +12,7 @@ from torch import nn
 from volnb.core import compose_config, project_root
 from volnb.features import fit_scaler
 from volnb.metrics import PREDICTION_COLUMNS, validate_predictions
-from volnb.train import WindowDataset, make_windows, masked_rmse, predict, train_model
+from volnb.train import WindowDataset, make_windows, masked_rmse, predict, train_model, train_runs
 
 N_TRAIN, N_VAL, N_TEST = 90, 25, 25
 
@@ -48,10 +48,13 @@ def build(model_cfg, n_features, max_len):
 
 
 def cfg(**train):
+    "The project's composed config (every key of conf/train/cpu.yaml) with a small training profile."
     t = {"window": 8, "batch_size": 16, "max_epochs": 2, "patience": None, "lr": 1e-2,
          "weight_decay": 0.0, "progress_bar": False}
     t.update(train)
-    return OmegaConf.create({"model": {"name": "stand-in"}, "train": t})
+    c = compose_config()
+    for k, v in t.items(): OmegaConf.update(c, f"train.{k}", v)
+    return c
 
 
 def state(path):
@@ -178,6 +181,25 @@ def test_best_checkpoint_is_lowest_val_rmse(data, tmp_path):
         assert torch.equal(t, sb[k])
     p = predict(res["model"], X, m, sc, window=8, splits=("validation",))
     assert math.isclose(float(np.sqrt(((p.prediction - p.target) ** 2).mean())), res["best_val_rmse"], rel_tol=1e-5)
+
+
+def test_parallel_runs_change_no_number(data, tmp_path):
+    "Runs trained two at a time in spawned workers give the serial runs' table and bit-identical forecasts."
+    X, m, sc = data
+    cfgs = {"gru_a": cfg(), "gru_b": cfg(lr=5e-2)}
+    out = {}
+    for n in (1, 2):
+        out[n] = train_runs(cfgs, [0, 1], X, m, sc, lambda mo, s: tmp_path / str(n) / mo / f"seed{s}", test_window=8,
+                            parallel_runs=n, build=build, log=None)
+    t1, p1 = out[1]
+    t2, p2 = out[2]
+    assert list(zip(t1.model, t1.seed)) == [("gru_a", 0), ("gru_a", 1), ("gru_b", 0), ("gru_b", 1)]
+    pd.testing.assert_frame_equal(t1.drop(columns="fit_seconds"), t2.drop(columns="fit_seconds"))
+    for name in cfgs:
+        pd.testing.assert_frame_equal(p1[name], p2[name])
+        assert set(p1[name].split) == {"validation", "test"}
+    assert not np.allclose(p1["gru_a"].prediction, p1["gru_b"].prediction)   # the two configs do differ
+    assert (tmp_path / "2" / "gru_a" / "seed0" / "train.log").exists()         # a worker's chatter went to its log
 
 
 # ---- predictions ---------------------------------------------------------------------------------

@@ -15,30 +15,24 @@ from .core import project_root
 # %% auto #0
 __all__ = ['run_stage', 'main']
 
-# %% ../nbs/06_cli.ipynb #50cf7dbb
-def run_stage(name: str, overrides: str = "experiment=herremans", out: str | None = None) -> Path:
-    "Execute the stage notebook `nbs/pipeline/<name>.ipynb` with papermill and Hydra `overrides`."
-    import papermill as pm
-    from volnb.core import compose_config
-    root = project_root()
-    nb = root / "nbs" / "pipeline" / f"{name}.ipynb"
-    if not nb.exists():
-        known = sorted(p.stem for p in (root / "nbs" / "pipeline").glob("*.ipynb"))
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(known)}")
-    exp = compose_config(overrides).experiment.name
-    dest = Path(out) if out else root / "reports" / "notebooks" / exp / f"{name}.ipynb"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(nb), str(dest), parameters={"overrides": overrides}, kernel_name="python3", cwd=str(root))
-    return dest
+# %% ../nbs/06_cli.ipynb #37947a25
+def run_stage(name: str, overrides: str | None = None, out: str | None = None) -> Path:
+    "Run pipeline stage `name` (see `volnb.stages.STAGES`) with extra Hydra `overrides`: the runner `dvc.yaml` uses."
+    from volnb.stages import run_stage as _run
+    return _run(name, overrides, out)
 
 def main(argv=None) -> int:
     "Entry point of the `volnb` console script."
     ap = argparse.ArgumentParser(prog="volnb", description=__doc__ or "volnb command line")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    st = sub.add_parser("stage", help="run one pipeline stage notebook with papermill")
-    st.add_argument("name")
-    st.add_argument("--overrides", default="experiment=herremans", help='Hydra overrides, e.g. "baselines.refit_every=1"')
+    st = sub.add_parser("stage", help="run one pipeline stage (as dvc repro does), list the stages, or check dvc.yaml's deps")
+    st.add_argument("name", nargs="?", default=None, help="a stage of dvc.yaml, e.g. train or evaluate_published_code")
+    st.add_argument("--overrides", default=None, help='extra Hydra overrides, e.g. "baselines.refit_every=1"')
     st.add_argument("--out", default=None, help="where to write the executed notebook")
+    st.add_argument("--list", action="store_true", help="list the stages with their notebook and fixed overrides")
+    st.add_argument("--check-deps", action="store_true", help="exit 1 if a stage of dvc.yaml misses a module or config group it reads")
+    st.add_argument("--sync-deps", action="store_true", help="rewrite dvc.yaml's code and config deps from what each notebook reads")
+    st.add_argument("--requirements", action="store_true", help="print the code and config paths stage NAME must depend on")
     rf = sub.add_parser("refresh", help="download the raw files again from the public APIs (network needed)")
     rf.add_argument("--data-dir", required=True, help="folder to write into (not data/, which data.dvc pins)")
     rf.add_argument("--sources", default=None, help="comma-separated source names of conf/refresh/default.yaml")
@@ -60,7 +54,19 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "stage":
-            print(run_stage(a.name, a.overrides, a.out))
+            from volnb.stages import STAGES, missing_deps, stage_requirements, sync_deps
+            if a.list:
+                for s in STAGES.values(): print(f"{s.name:24s} nbs/pipeline/{s.notebook}.ipynb  {s.overrides}")
+            elif a.check_deps:
+                miss = missing_deps()
+                for name, paths in miss.items(): print(f"{name}: missing deps {', '.join(paths)}")
+                if miss: return 1
+                print("dvc.yaml: every stage depends on the modules and config groups it reads")
+            elif a.sync_deps:
+                sync_deps(); print("dvc.yaml: deps rewritten")
+            elif a.name is None: raise ValueError("stage: give a stage name, --list, --check-deps or --sync-deps")
+            elif a.requirements: print("\n".join(stage_requirements(a.name)))
+            else: print(run_stage(a.name, a.overrides, a.out))
         elif a.cmd == "refresh":
             from volnb.refresh import refresh_sources
             for src, path in refresh_sources(a.data_dir, a.sources, a.config).items(): print(f"{src}: {path}")

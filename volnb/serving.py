@@ -5,23 +5,21 @@
 # %% auto #0
 __all__ = ['VERSION_RE', 'VARIANTS', 'LATENCY_BUCKETS', 'SCORE_BUCKETS', 'log', 'access_log', 'KNOWN_PATHS', 'ERROR_RESPONSES',
            'RegistryError', 'now_iso', 'default_loader', 'describe_scorer', 'Registry', 'quantile_edges', 'bin_shares',
-           'psi_from_shares', 'psi', 'KS', 'ks_statistic', 'DriftMonitor', 'DriftSettings', 'ServeSettings',
-           'load_settings', 'ScoreHistogram', 'ServiceMetrics', 'Loaded', 'Prediction', 'ServiceUnavailable',
-           'row_from_mapping', 'Service', 'Problem', 'FieldError', 'ValidationProblem', 'PredictResponse',
-           'FeatureDrift', 'DriftReport', 'Health', 'VersionInfo', 'LiveScore', 'LiveResponse', 'request_models',
-           'field_name', 'field_error', 'validation_problem', 'http_problem', 'RateLimiter', 'BodyTooLarge',
-           'send_problem', 'ServingMiddleware', 'feed_status', 'attach_feed', 'create_app', 'JsonFormatter',
-           'configure_logging', 'run_server', 'serve', 'format_versions', 'registry_command', 'feed_predictor',
-           'run_predictor']
+           'psi_from_shares', 'psi', 'KS', 'ks_statistic', 'DriftMonitor', 'load_settings', 'ScoreHistogram',
+           'ServiceMetrics', 'Loaded', 'Prediction', 'ServiceUnavailable', 'row_from_mapping', 'Service', 'Problem',
+           'FieldError', 'ValidationProblem', 'PredictResponse', 'FeatureDrift', 'DriftReport', 'Health', 'VersionInfo',
+           'LiveScore', 'LiveResponse', 'request_models', 'field_name', 'field_error', 'validation_problem',
+           'http_problem', 'RateLimiter', 'retry_after', 'BodyTooLarge', 'send_problem', 'ServingMiddleware',
+           'feed_status', 'attach_feed', 'create_app', 'JsonFormatter', 'configure_logging', 'run_server', 'serve',
+           'format_versions', 'registry_command', 'feed_predictor', 'run_predictor']
 
-# %% ../nbs/14_serving.ipynb #4f9867b9
+# %% ../nbs/14_serving.ipynb #d9bef93b
 import json
 import logging
 import math
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -39,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .core import DataValidationError, compose_config, jsonable, replace_dir, sha256_file, split_overrides, write_json
+from .config import DriftSettings, ServeSettings
+from .core import DataValidationError, compose_config, fsync_dir, jsonable, make_temp_dir, replace_dir, sha256_file, split_overrides, write_json
 
 # %% ../nbs/14_serving.ipynb #a05ba917
 VERSION_RE = re.compile(r"^v\d{4,}$")
@@ -83,7 +82,7 @@ def _check_state(st, path) -> dict:
     if not isinstance(out["revision"], int): raise RegistryError(f"{path}: field 'revision' must be an integer")
     return out
 
-# %% ../nbs/14_serving.ipynb #7417a00b
+# %% ../nbs/14_serving.ipynb #7da7cb86
 class Registry:
     "Versioned spike artefacts on disk: `versions/vNNNN/`, `baseline/` and `state.json` {current, history, variant}."
     def __init__(self, root, loader: Optional[Callable] = None):
@@ -179,7 +178,7 @@ class Registry:
         except Exception as e: raise RegistryError(f"cannot register {src}: {e}") from e
         record = {"registered_at": now_iso(), "source": str(src.resolve()), **describe_scorer(scorer)}
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+        tmp = make_temp_dir(self.root, prefix=".incoming-")        # mode 0o777 less the umask: readable by a server run as another user
         try:
             for p in files: shutil.copyfile(p, tmp / p.name)
             record["files"] = {p.name: sha256_file(tmp / p.name) for p in files}
@@ -200,6 +199,7 @@ class Registry:
         taken = [int(p.name[1:]) for p in self.versions_dir.iterdir() if VERSION_RE.match(p.name)]
         version = f"v{max(taken, default=0) + 1:04d}"
         os.rename(tmp, self.versions_dir / version)
+        fsync_dir(self.versions_dir)
         return version
 
     def _install_baseline(self, tmp: Path) -> str:
@@ -362,32 +362,7 @@ class DriftMonitor:
                 out.append(f"drift on {f}: PSI {v['psi']:.3f} (level {self.psi_level}), KS p-value {v['ks_pvalue']:.2g} (level {self.ks_pvalue})")
         return out
 
-# %% ../nbs/14_serving.ipynb #abc1ef30
-class DriftSettings(BaseModel):
-    "When drift is flagged: the window of recent rows, PSI bins and levels."
-    model_config = ConfigDict(extra="forbid")
-    window: int = Field(2000, ge=2)
-    bins: int = Field(10, ge=2)
-    min_rows: int = Field(200, ge=1)
-    psi_level: float = 0.25
-    ks_pvalue: float = 0.01
-
-class ServeSettings(BaseModel):
-    "The serving settings (Hydra group `serve`)."
-    model_config = ConfigDict(extra="forbid")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    registry: Path = Path("reports/artifacts/spike60s/registry")
-    features: Optional[list] = None            # None: taken from the artefacts
-    rate_limit_per_minute: Optional[int] = Field(100, ge=0)   # 0 or None: no limit
-    rate_limit_exempt: list = ["/health", "/metrics"]
-    max_body_bytes: int = Field(1 << 20, ge=1)
-    max_rows: int = Field(1000, ge=1)
-    reload_interval_s: float = Field(1.0, ge=0)
-    live_buffer: int = Field(500, ge=1)
-    drift: DriftSettings = DriftSettings()
-    log_level: str = "info"
-
+# %% ../nbs/14_serving.ipynb #f936eb79
 def load_settings(overrides=None, config_dir=None) -> ServeSettings:
     "Serving settings from the composed config (`experiment=spike60s` unless overridden); registry made absolute."
     from omegaconf import OmegaConf
@@ -794,18 +769,25 @@ async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
                             status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-# %% ../nbs/14_serving.ipynb #b10f9dba
+# %% ../nbs/14_serving.ipynb #9642d22d
 class RateLimiter:
     "A token bucket per client: `per_minute` tokens refilled continuously; `take` returns 0 or the seconds to wait."
     def __init__(self, per_minute: float, burst: Optional[float] = None, clock: Callable[[], float] = time.monotonic):
-        self.per_minute, self.rate, self.capacity = per_minute, per_minute / 60.0, float(burst or per_minute)
+        if not per_minute > 0: raise ValueError(f"rate limit must be positive, not {per_minute!r} (0 or None switches it off)")
+        self.per_minute, self.rate = per_minute, per_minute / 60.0
+        self.capacity = max(1.0, float(burst or per_minute))        # a bucket always holds at least one request
         self.clock, self.buckets = clock, {}
+
+    @property
+    def refill_s(self) -> float:
+        "Seconds an empty bucket takes to fill up completely."
+        return self.capacity / self.rate
 
     def take(self, key: str) -> float:
         "Spend one token of `key`'s bucket: 0.0 when allowed, else the seconds until a token is back."
         now = self.clock()
         tokens, last = self.buckets.get(key, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        tokens = min(self.capacity, tokens + max(0.0, now - last) * self.rate)
         if len(self.buckets) > 10_000: self._prune(now)
         if tokens >= 1.0:
             self.buckets[key] = (tokens - 1.0, now)
@@ -816,6 +798,11 @@ class RateLimiter:
     def _prune(self, now: float) -> None:
         "Forget clients whose buckets have refilled completely."
         self.buckets = {k: (t, s) for k, (t, s) in self.buckets.items() if t + (now - s) * self.rate < self.capacity}
+
+def retry_after(wait: float, cap: float) -> int:
+    "The `Retry-After` of a 429 for a wait of `wait` seconds: whole seconds, rounded up, at least 1 and at most `cap`."
+    if not math.isfinite(wait): wait = cap
+    return int(max(1, min(math.ceil(wait), math.floor(cap))))
 
 class BodyTooLarge(HTTPException):
     "A streamed request body went past the size limit."
@@ -837,6 +824,8 @@ class ServingMiddleware:
         self.app, self.service, self.settings = app, service, settings
         n = settings.rate_limit_per_minute
         self.limiter = RateLimiter(n) if n else None
+        # Retry-After never exceeds the time a bucket takes to refill nor serve.retry_after_max_s
+        self.retry_cap = min(settings.retry_after_max_s, self.limiter.refill_s) if self.limiter else settings.retry_after_max_s
         self.exempt, self.max_body = frozenset(settings.rate_limit_exempt), settings.max_body_bytes
 
     async def __call__(self, scope, receive, send):
@@ -854,7 +843,7 @@ class ServingMiddleware:
             wait = self.limiter.take(client) if self.limiter is not None and path not in self.exempt else 0.0
             if wait > 0:
                 return await send_problem(send_status, 429, f"rate limit of {self.limiter.per_minute} requests per minute exceeded for client {client}",
-                                          [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                                          [(b"retry-after", str(retry_after(wait, self.retry_cap)).encode())])
             length = _content_length(scope)
             if length is not None and length > self.max_body:
                 return await send_problem(send_status, 413, f"request body of {length} bytes exceeds the limit of {self.max_body} bytes (serve.max_body_bytes)")

@@ -19,13 +19,16 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import DataValidationError, replace_dir, sha256_file, write_json
+from .core import DataValidationError, make_temp_dir, replace_dir, sha256_file, write_json
+from .metrics import precision_recall_f1
 
 # %% auto #0
 __all__ = ['SPIKE_MODELS', 'SPIKE_SPLITS', 'SYNTHETIC_FEATURES', 'ARTEFACT_FORMAT', 'ARTEFACT_FILES', 'LOWER_IS_BETTER',
-           'synthetic_spike_frame', 'ZScoreClassifier', 'SpikeModel', 'fit_spike_model', 'train_spike_models',
-           'score_spike_models', 'ArtefactError', 'sample_reference', 'export_arrays', 'SpikeScorer', 'save_artefact',
-           'load_artefact', 'choose_threshold', 'spike_metrics', 'metrics_table', 'select_model', 'calibration_bins']
+           'MODELS_TABLE_COLUMNS', 'MODEL_METRICS', 'CALIBRATION_SPLITS', 'synthetic_spike_frame', 'ZScoreClassifier',
+           'SpikeModel', 'fit_spike_model', 'train_spike_models', 'score_spike_models', 'ArtefactError',
+           'sample_reference', 'export_arrays', 'SpikeScorer', 'save_artefact', 'load_artefact', 'choose_threshold',
+           'spike_metrics', 'metrics_table', 'select_model', 'calibration_bins', 'models_table', 'calibration_table',
+           'models_metrics']
 
 # %% ../nbs/13_spike.ipynb #b63e20f2
 SPIKE_MODELS = ("zscore", "logreg", "random_forest", "gradient_boosting")
@@ -418,7 +421,7 @@ def save_artefact(model, dest_dir, *, features: Sequence[str], meta: dict, refer
     gap = float(np.max(np.abs(scorer.predict_proba(ref) - model.predict_proba(ref))))
     if not gap <= 1e-9: raise RuntimeError(f"exported {model.kind} arrays do not reproduce the model (max gap {gap:.3g})")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = make_temp_dir(dest.parent, prefix=f".{dest.name}.", suffix=".tmp")   # umask-respecting, unlike mkdtemp
     try:
         _write_npz(tmp / "model.npz", arrays)
         _write_npz(tmp / "reference.npz", {"X": ref})
@@ -494,13 +497,14 @@ def spike_metrics(y, score, threshold: float) -> dict:
     n, pos = len(y), int(y.sum())
     hat = s >= threshold
     tp, fp, fn = int((hat & (y == 1)).sum()), int((hat & (y == 0)).sum()), int((~hat & (y == 1)).sum())
-    div = lambda a, b: a / b if b else np.nan
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     both = 0 < pos < n
-    return {"n": n, "positives": pos, "positive_rate": div(pos, n), "predicted_positive_rate": div(int(hat.sum()), n),
+    return {"n": n, "positives": pos, "positive_rate": pos / n if n else np.nan,
+            "predicted_positive_rate": int(hat.sum()) / n if n else np.nan,
             "pr_auc": float(average_precision_score(y, s)) if pos else np.nan,
             "roc_auc": float(roc_auc_score(y, s)) if both else np.nan,
-            "threshold": float(threshold), "f1": div(2 * tp, 2 * tp + fp + fn), "precision": div(tp, tp + fp),
-            "recall": div(tp, tp + fn), "brier": float(np.mean((s - y) ** 2)) if n else np.nan}
+            "threshold": float(threshold), "f1": f1, "precision": precision,
+            "recall": recall, "brier": float(np.mean((s - y) ** 2)) if n else np.nan}
 
 # %% ../nbs/13_spike.ipynb #94e46fc4
 def _check_scores(P: pd.DataFrame, source="predictions") -> None:
@@ -550,3 +554,36 @@ def calibration_bins(y, score, n_bins: int = 10, strategy: str = "uniform") -> p
              "mean_score": float(s[b == i].mean()), "observed_rate": float(y[b == i].mean())}
             for i in range(len(edges) - 1) if (b == i).any()]
     return pd.DataFrame(rows, columns=["bin", "lower", "upper", "n", "mean_score", "observed_rate"])
+
+# %% ../nbs/13_spike.ipynb #48542e40
+MODELS_TABLE_COLUMNS = ["model", "selected", "split", "n", "positives", "pr_auc", "roc_auc", "f1", "precision", "recall",
+                        "positive_rate", "predicted_positive_rate", "brier", "threshold"]
+MODEL_METRICS = MODELS_TABLE_COLUMNS[3:]
+CALIBRATION_SPLITS = ("validation", "test", "test_2026", "cross_venue")
+
+def models_table(P: pd.DataFrame, selected: str, selection_metric: str = "pr_auc", threshold_split: str = "validation",
+                 selection_split: str = "validation") -> pd.DataFrame:
+    "`metrics_table` with a `selected` flag, after checking that `selected` is the best model by `selection_metric`."
+    T = metrics_table(P, threshold_split=threshold_split)
+    best = select_model(T, selection_metric, selection_split)
+    if best != selected:
+        raise ValueError(f"selected model {selected!r} is not the best by {selection_split} {selection_metric} ({best!r}): "
+                         "the model choice disagrees with the predictions")
+    T.insert(1, "selected", T.model == selected)
+    return T[MODELS_TABLE_COLUMNS]
+
+def calibration_table(P: pd.DataFrame, models: Sequence[str] | None = None, splits: Sequence[str] = CALIBRATION_SPLITS,
+                      n_bins: int = 10) -> pd.DataFrame:
+    "`calibration_bins` for each of `models` (default: as listed in P) on each of `splits` that has rows."
+    _check_scores(P)
+    models = list(pd.unique(P["model"])) if models is None else list(models)
+    cal = [calibration_bins(g.label, g.score, n_bins=n_bins).assign(model=m, split=split)
+           for m in models for split in splits for g in [P[(P.model == m) & (P.split == split)]] if len(g)]
+    if not cal: raise ValueError(f"no rows for models {models} on splits {list(splits)}")
+    return pd.concat(cal, ignore_index=True)[["model", "split", "bin", "lower", "upper", "n", "mean_score", "observed_rate"]]
+
+def models_metrics(T: pd.DataFrame, models: Sequence[str] | None = None) -> dict:
+    "{model: {split: metrics}} from a `models_table`, for the metrics JSON."
+    models = list(pd.unique(T["model"])) if models is None else list(models)
+    return {m: {s: T[(T.model == m) & (T.split == s)][MODEL_METRICS].to_dict("records")[0] for s in T[T.model == m].split}
+            for m in models}

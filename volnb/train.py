@@ -21,8 +21,8 @@ from .features import apply_scaler
 from .metrics import PREDICTION_COLUMNS, validate_predictions
 
 # %% auto #0
-__all__ = ['SPLIT_ORDER', 'make_windows', 'WindowDataset', 'masked_rmse', 'VolatilityModule', 'scaled_inputs', 'selection_split',
-           'train_model', 'predict', 'best_checkpoint', 'load_trained']
+__all__ = ['SPLIT_ORDER', 'make_windows', 'WindowDataset', 'stacked', 'masked_rmse', 'VolatilityModule', 'scaled_inputs',
+           'selection_split', 'train_model', 'predict', 'train_runs', 'best_checkpoint', 'load_trained']
 
 # %% ../nbs/09_train.ipynb #61bd163b
 def make_windows(X: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def make_windows(X: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray,
     yw = np.lib.stride_tricks.sliding_window_view(y, window)                              # (N, L)
     return Xw, yw
 
-# %% ../nbs/09_train.ipynb #4e0f2439
+# %% ../nbs/09_train.ipynb #ba3dea7d
 SPLIT_ORDER = ("train", "validation", "test")
 
 def _longest_run(flags: np.ndarray) -> int:
@@ -85,10 +85,20 @@ class WindowDataset(Dataset):
         return (torch.from_numpy(self.X[s:e + 1].copy()), torch.from_numpy(self.y[s:e + 1].copy()),
                 torch.from_numpy(self.mask[s:e + 1].copy()))
 
+    def __getitems__(self, idx):
+        "A whole batch at once, `(x (B, L, F), y (B, L), mask (B, L))`: the stack of `__getitem__`'s items, in one gather."
+        rows = self.ends[np.asarray(idx)][:, None] + np.arange(1 - self.window, 1)          # (B, L) day positions
+        return (torch.from_numpy(self.X[rows]), torch.from_numpy(self.y[rows]), torch.from_numpy(self.mask[rows]))
+
     @property
     def timestamps(self) -> pd.DatetimeIndex:
         "The day each sample ends on (its prediction day)."
         return self.index[self.ends]
+
+# %% ../nbs/09_train.ipynb #2c8d01e0
+def stacked(batch):
+    "Collate function for batches that `WindowDataset.__getitems__` already stacked."
+    return batch
 
 # %% ../nbs/09_train.ipynb #53e89bb7
 def masked_rmse(yhat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -124,13 +134,7 @@ class VolatilityModule(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-# %% ../nbs/09_train.ipynb #52cfbe65
-def _get(cfg, key, default=None):
-    "`cfg[key]` for a dict or DictConfig, `default` when absent."
-    try: v = cfg.get(key, default)
-    except AttributeError: v = getattr(cfg, key, default)
-    return default if v is None and default is not None else v
-
+# %% ../nbs/09_train.ipynb #f412c719
 def scaled_inputs(features: pd.DataFrame, market: pd.DataFrame, scaler: dict) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     "Train-scaled features, the unscaled target and the split labels, aligned on the features' index."
     if not features.index.equals(market.index): raise ValueError("features and market must share one index")
@@ -142,8 +146,7 @@ def _default_build(model_cfg, n_features: int, max_len: int) -> nn.Module:
 
 def selection_split(cfg) -> str:
     "The split that drives early stopping and checkpoint choice: `validation`, or `test` under protocol=published_code."
-    proto = cfg.get("protocol") if hasattr(cfg, "get") else None
-    split = _get(proto, "selection_split", "validation") if proto is not None else "validation"
+    split = cfg.protocol.selection_split
     if split not in ("validation", "test"): raise ValueError(f"protocol.selection_split must be validation or test, got {split!r}")
     return split
 
@@ -154,33 +157,32 @@ def train_model(cfg, features: pd.DataFrame, market: pd.DataFrame, scaler: dict,
     from pytorch_lightning.loggers import CSVLogger
     tcfg, out_dir = cfg.train, Path(out_dir)
     selection = selection_split(cfg)
-    window = int(_get(tcfg, "window"))
+    window = int(tcfg.window)
     pl.seed_everything(int(seed), workers=True)
-    deterministic = bool(_get(tcfg, "deterministic", True))
+    deterministic = bool(tcfg.deterministic)
     if deterministic: torch.use_deterministic_algorithms(True, warn_only=True)
     X, y, sp = scaled_inputs(features, market, scaler)
     train_ds = WindowDataset(X, y, sp, "train", window)
     val_ds = WindowDataset(X, y, sp, selection, window)   # "validation" unless protocol=published_code
-    nw = int(_get(tcfg, "num_workers", 0))
+    nw, bs = int(tcfg.num_workers), int(tcfg.batch_size)
     g = torch.Generator().manual_seed(int(seed))
-    train_dl = DataLoader(train_ds, batch_size=int(_get(tcfg, "batch_size", 64)),
-                          shuffle=bool(_get(tcfg, "shuffle", True)), num_workers=nw, generator=g)
-    val_dl = DataLoader(val_ds, batch_size=max(256, int(_get(tcfg, "batch_size", 64))), shuffle=False, num_workers=nw)
+    train_dl = DataLoader(train_ds, batch_size=bs, shuffle=bool(tcfg.shuffle), num_workers=nw, generator=g,
+                          collate_fn=stacked)
+    val_dl = DataLoader(val_ds, batch_size=max(256, bs), shuffle=False, num_workers=nw, collate_fn=stacked)
     model = (build or _default_build)(cfg.model, X.shape[1], window)
-    module = VolatilityModule(model, lr=_get(tcfg, "lr", 1e-3), weight_decay=_get(tcfg, "weight_decay", 0.0))
+    module = VolatilityModule(model, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_rmse", mode="min", save_top_k=1,
                            filename="best-epoch{epoch:03d}", auto_insert_metric_name=False)
     callbacks = [ckpt]
-    patience = _get(tcfg, "patience")
-    if patience is not None:
-        callbacks.append(EarlyStopping(monitor="val_rmse", mode="min", patience=int(patience),
-                                       min_delta=float(_get(tcfg, "min_delta", 0.0))))
+    if tcfg.patience is not None:
+        callbacks.append(EarlyStopping(monitor="val_rmse", mode="min", patience=int(tcfg.patience),
+                                       min_delta=float(tcfg.min_delta)))
     logger = CSVLogger(save_dir=str(out_dir), name="logs")
-    trainer = pl.Trainer(max_epochs=int(_get(tcfg, "max_epochs", 60)), callbacks=callbacks, logger=logger,
-                         accelerator=str(_get(tcfg, "accelerator", "cpu")), devices=_get(tcfg, "devices", 1),
-                         deterministic=deterministic, enable_progress_bar=bool(_get(tcfg, "progress_bar", True)),
+    trainer = pl.Trainer(max_epochs=int(tcfg.max_epochs), callbacks=callbacks, logger=logger,
+                         accelerator=str(tcfg.accelerator), devices=tcfg.devices,
+                         deterministic=deterministic, enable_progress_bar=bool(tcfg.progress_bar),
                          enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                         gradient_clip_val=_get(tcfg, "gradient_clip_val"))
+                         gradient_clip_val=tcfg.gradient_clip_val)
     t0 = time.perf_counter()
     trainer.fit(module, train_dl, val_dl)
     fit_s = time.perf_counter() - t0
@@ -195,7 +197,7 @@ def train_model(cfg, features: pd.DataFrame, market: pd.DataFrame, scaler: dict,
             "metrics_csv": str(Path(logger.log_dir) / "metrics.csv"), "fit_seconds": fit_s,
             "n_train": len(train_ds), "n_validation": len(val_ds), "window": window}
 
-# %% ../nbs/09_train.ipynb #97efd7b4
+# %% ../nbs/09_train.ipynb #22ea68db
 @torch.no_grad()
 def predict(model: nn.Module, features: pd.DataFrame, market: pd.DataFrame, scaler: dict, window: int,
             splits: Sequence[str] = ("validation", "test"), model_name: str = "model", seed: int = 0,
@@ -209,7 +211,8 @@ def predict(model: nn.Module, features: pd.DataFrame, market: pd.DataFrame, scal
         for s in splits:
             ds = WindowDataset(X, y, sp, s, window)
             dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
-            out = [model(xb.to(dev))[:, -1].float().cpu() for xb, _, _ in DataLoader(ds, batch_size=batch_size)]
+            out = [model(xb.to(dev))[:, -1].float().cpu()
+                   for xb, _, _ in DataLoader(ds, batch_size=batch_size, collate_fn=stacked)]
             ts = ds.timestamps
             frames.append(pd.DataFrame({"timestamp": ts, "asset": asset, "horizon": horizon,
                                         "target": market["target"].loc[ts].to_numpy(dtype=float),
@@ -221,6 +224,80 @@ def predict(model: nn.Module, features: pd.DataFrame, market: pd.DataFrame, scal
     preds = preds[np.isfinite(preds["target"].to_numpy())].reset_index(drop=True)
     preds["seed"] = preds["seed"].astype("int64")
     return validate_predictions(preds, source="predict")
+
+# %% ../nbs/09_train.ipynb #9b1fe27a
+def _cpu_count() -> int:
+    import os
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+from contextlib import contextmanager
+
+@contextmanager
+def _output_to(path):
+    "Send this process's stdout and stderr (file descriptors 1 and 2, so C and logging output too) to `path`."
+    import os, sys
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "w") as f:
+        os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)
+        try: yield path
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+            os.close(saved[0]); os.close(saved[1])
+
+def _train_one(job: dict) -> dict:
+    "One run (in a worker process or here): train, then forecast validation and test days; plain data back."
+    if job.get("threads"):                          # a worker: its own thread count, its chatter to the run's train.log
+        torch.set_num_threads(int(job["threads"]))
+        with _output_to(Path(job["out_dir"]) / "train.log"): return _train_one({**job, "threads": None})
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create(job["cfg"]) if isinstance(job["cfg"], dict) else job["cfg"]
+    name, seed = job["name"], int(job["seed"])
+    res = train_model(cfg, job["features"], job["market"], job["scaler"], seed, job["out_dir"], build=job.get("build"))
+    p_val = predict(res["model"], job["features"], job["market"], job["scaler"], int(cfg.train.window),
+                    splits=("validation",), model_name=name, seed=seed)
+    p_test = predict(res["model"], job["features"], job["market"], job["scaler"], int(job["test_window"]),
+                     splits=("test",), model_name=name, seed=seed)
+    row = {"model": name, "label": str(cfg.model.label) if "label" in cfg.model else name, "seed": seed,
+           "epochs": res["epochs"], "best_epoch": res["best_epoch"], "best_val_rmse": res["best_val_rmse"],
+           "fit_seconds": round(res["fit_seconds"], 1)}
+    return {"row": row, "predictions": pd.concat([p_val, p_test], ignore_index=True)}
+
+def train_runs(model_cfgs: dict, seeds: Sequence[int], features: pd.DataFrame, market: pd.DataFrame, scaler: dict,
+               run_dir: Callable, test_window: int, parallel_runs: int | None = 1, build: Callable | None = None,
+               log: Callable | None = print) -> tuple[pd.DataFrame, dict]:
+    "Train every `model_cfgs` × `seeds` run; return the training table and `{model: predictions}` (runs in submission order)."
+    from omegaconf import OmegaConf
+    jobs = [{"name": name, "seed": int(seed), "cfg": OmegaConf.to_container(c, resolve=True), "features": features,
+             "market": market, "scaler": scaler, "out_dir": str(run_dir(name, seed)), "test_window": int(test_window),
+             "build": build} for name, c in model_cfgs.items() for seed in seeds]
+    workers = min(int(parallel_runs or _cpu_count()), len(jobs)) if jobs else 1
+    t0, results = time.perf_counter(), [None] * len(jobs)
+    def done(i, r):
+        results[i] = r
+        if log is not None:
+            n = sum(x is not None for x in results)
+            el = time.perf_counter() - t0
+            log(f"[{n}/{len(jobs)}] {r['row']['model']} seed {r['row']['seed']}: {r['row']['epochs']} epochs, "
+                f"best val RMSE {r['row']['best_val_rmse']:.4f} ({r['row']['fit_seconds']:.0f} s); "
+                f"elapsed {el:.0f} s, ETA {el / n * (len(jobs) - n):.0f} s")
+    if workers <= 1:
+        for i, j in enumerate(jobs): done(i, _train_one(j))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from volnb.train import _train_one as work      # by its module name, so a spawned worker can import it
+        threads = max(1, _cpu_count() // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(work, {**j, "threads": threads}): i for i, j in enumerate(jobs)}
+            for f in as_completed(futs): done(futs[f], f.result())
+    table = pd.DataFrame([r["row"] for r in results])
+    preds = {name: pd.concat([r["predictions"] for r in results if r["row"]["model"] == name], ignore_index=True)
+             for name in model_cfgs}
+    return table, preds
 
 # %% ../nbs/09_train.ipynb #48744688
 def best_checkpoint(run_dir) -> Path:

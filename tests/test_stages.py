@@ -76,3 +76,14 @@ def test_stage_paths_follow_config(tmp_path):
     assert p.run_dir("lstm", 2) == tmp_path / "a" / "herremans" / "runs_published_code" / "lstm" / "seed2"
     assert p.baseline_predictions == tmp_path / "a" / "herremans" / "predictions" / "baselines.parquet"
     assert p.metrics == tmp_path / "r" / "metrics" / "herremans.json"
+
+
+def test_dvc_outs_hold_each_stage_s_executed_notebook(root):
+    "The runner writes each stage's executed notebook where dvc.yaml expects it (paths from StagePaths, not literals)."
+    from volnb.stages import executed_notebook, get_stage
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    exp = {d: v for x in spec.get("vars", []) for d, v in x.items()}["exp"]
+    for name, st in spec["stages"].items():
+        outs = [(o if isinstance(o, str) else next(iter(o))).replace("${exp}", exp) for o in st["outs"]]
+        p = executed_notebook(name, StagePaths(compose_config(get_stage(name).overrides)))
+        assert str(p.relative_to(root)) in outs, name

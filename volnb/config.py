@@ -49,7 +49,7 @@ IsoTime = Annotated[str, AfterValidator(_iso)]
 Span = Annotated[list[IsoTime], Field(min_length=2, max_length=2), AfterValidator(_span)]
 Split = Annotated[dict[str, Span], AfterValidator(_split)]
 
-# %% ../nbs/00a_config.ipynb #823de520
+# %% ../nbs/00a_config.ipynb #c5c64ede
 class Paths(Schema):
     "`paths`: where things are (relative to `root`)."
     root: Optional[str]
@@ -148,6 +148,7 @@ class TrainConfig(Schema):
     shuffle: bool
     num_workers: int = Field(ge=0)
     parallel_runs: Optional[int] = Field(ge=1)    # None: one worker process per CPU core
+    threads_per_run: int = Field(ge=1)            # intra-op threads of each run (part of what a run computes)
     max_epochs: int = Field(ge=1)
     patience: Optional[int] = Field(ge=0)
     min_delta: float = Field(ge=0)

@@ -18,8 +18,9 @@ from typing import Iterable, Sequence
 from .core import compose_config, project_root, resolve_path, split_overrides
 
 # %% auto #0
-__all__ = ['STAGES', 'CONFIG_GROUPS', 'StagePaths', 'model_configs', 'model_labels', 'Stage', 'get_stage', 'run_stage',
-           'volnb_imports', 'config_groups_read', 'module_closure', 'stage_requirements', 'missing_deps', 'sync_deps']
+__all__ = ['STAGES', 'CONFIG_GROUPS', 'StagePaths', 'model_configs', 'model_labels', 'Stage', 'get_stage', 'executed_notebook',
+           'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'stage_requirements', 'missing_deps',
+           'sync_deps']
 
 # %% ../nbs/16_stages.ipynb #7f5c2534
 class StagePaths:
@@ -133,7 +134,7 @@ def get_stage(name: str) -> Stage:
     if name not in STAGES: raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     return STAGES[name]
 
-# %% ../nbs/16_stages.ipynb #3b182cdb
+# %% ../nbs/16_stages.ipynb #9fdb88a1
 def _ipc_kernel_manager():
     "A kernel manager whose kernel talks over local IPC sockets, not TCP (no open port, no plain-text-TCP warning)."
     from jupyter_client.manager import AsyncKernelManager
@@ -155,6 +156,10 @@ class _NotebookEcho(logging.Handler):
             if line.strip() and not self._noise.match(line.strip()):
                 print(f"  [{self.stage}] {line}", file=self.stream, flush=True)
 
+def executed_notebook(name: str, paths: StagePaths) -> Path:
+    "Where stage `name` writes its executed notebook: `notebooks/<experiment>/<name>.ipynb` (the report: `notebooks/report.ipynb`)."
+    return paths.reports / "notebooks" / f"{name}.ipynb" if name == "report" else paths.notebook(name)
+
 def run_stage(name: str, overrides: str | Sequence[str] | None = None, out=None, echo: bool = True) -> Path:
     "Run stage `name` with its fixed overrides plus `overrides`; return the executed notebook's path."
     import papermill as pm
@@ -164,7 +169,7 @@ def run_stage(name: str, overrides: str | Sequence[str] | None = None, out=None,
     src = root / "nbs" / "pipeline" / f"{st.notebook}.ipynb"
     if not src.exists(): raise FileNotFoundError(f"stage {name!r}: notebook {src} does not exist")
     paths = StagePaths(compose_config(ov))
-    dest = Path(out) if out else paths.reports / "notebooks" / (paths.exp if name != "report" else "") / f"{name}.ipynb"
+    dest = Path(out) if out else executed_notebook(name, paths)
     dest.parent.mkdir(parents=True, exist_ok=True)
     params = {"experiment": paths.exp, "overrides": ov, **st.parameters}
     log = logging.getLogger("papermill")

@@ -225,7 +225,7 @@ def predict(model: nn.Module, features: pd.DataFrame, market: pd.DataFrame, scal
     preds["seed"] = preds["seed"].astype("int64")
     return validate_predictions(preds, source="predict")
 
-# %% ../nbs/09_train.ipynb #9b1fe27a
+# %% ../nbs/09_train.ipynb #914c370d
 def _cpu_count() -> int:
     import os
     try: return len(os.sched_getaffinity(0))
@@ -250,9 +250,13 @@ def _output_to(path):
 
 def _train_one(job: dict) -> dict:
     "One run (in a worker process or here): train, then forecast validation and test days; plain data back."
-    if job.get("threads"):                          # a worker: its own thread count, its chatter to the run's train.log
+    if job.get("threads"):                          # the run's own intra-op thread count, restored afterwards
+        before = torch.get_num_threads()
         torch.set_num_threads(int(job["threads"]))
-        with _output_to(Path(job["out_dir"]) / "train.log"): return _train_one({**job, "threads": None})
+        try: return _train_one({**job, "threads": None})
+        finally: torch.set_num_threads(before)
+    if job.get("worker"):                           # a worker's chatter goes to the run's train.log, not the console
+        with _output_to(Path(job["out_dir"]) / "train.log"): return _train_one({**job, "worker": False})
     from omegaconf import OmegaConf
     cfg = OmegaConf.create(job["cfg"]) if isinstance(job["cfg"], dict) else job["cfg"]
     name, seed = job["name"], int(job["seed"])
@@ -267,13 +271,14 @@ def _train_one(job: dict) -> dict:
     return {"row": row, "predictions": pd.concat([p_val, p_test], ignore_index=True)}
 
 def train_runs(model_cfgs: dict, seeds: Sequence[int], features: pd.DataFrame, market: pd.DataFrame, scaler: dict,
-               run_dir: Callable, test_window: int, parallel_runs: int | None = 1, build: Callable | None = None,
-               log: Callable | None = print) -> tuple[pd.DataFrame, dict]:
-    "Train every `model_cfgs` × `seeds` run; return the training table and `{model: predictions}` (runs in submission order)."
+               run_dir: Callable, test_window: int, parallel_runs: int | None = 1, threads: int | None = 1,
+               build: Callable | None = None, log: Callable | None = print) -> tuple[pd.DataFrame, dict]:
+    "Train every `model_cfgs` × `seeds` run with `threads` intra-op threads each; the training table and `{model: predictions}`."
     from omegaconf import OmegaConf
+    if threads is not None and int(threads) < 1: raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
     jobs = [{"name": name, "seed": int(seed), "cfg": OmegaConf.to_container(c, resolve=True), "features": features,
              "market": market, "scaler": scaler, "out_dir": str(run_dir(name, seed)), "test_window": int(test_window),
-             "build": build} for name, c in model_cfgs.items() for seed in seeds]
+             "build": build, "threads": threads} for name, c in model_cfgs.items() for seed in seeds]
     workers = min(int(parallel_runs or _cpu_count()), len(jobs)) if jobs else 1
     t0, results = time.perf_counter(), [None] * len(jobs)
     def done(i, r):
@@ -290,9 +295,10 @@ def train_runs(model_cfgs: dict, seeds: Sequence[int], features: pd.DataFrame, m
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from volnb.train import _train_one as work      # by its module name, so a spawned worker can import it
-        threads = max(1, _cpu_count() // workers)
+        per_worker = max(1, _cpu_count() // workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(work, {**j, "threads": threads}): i for i, j in enumerate(jobs)}
+            futs = {ex.submit(work, {**j, "worker": True, "threads": j["threads"] or per_worker}): i
+                    for i, j in enumerate(jobs)}
             for f in as_completed(futs): done(futs[f], f.result())
     table = pd.DataFrame([r["row"] for r in results])
     preds = {name: pd.concat([r["predictions"] for r in results if r["row"]["model"] == name], ignore_index=True)

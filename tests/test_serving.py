@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from volnb.serving import (DriftSettings, JsonFormatter, Registry, ServeSettings, create_app, load_settings,
+from volnb.serving import (DriftSettings, JsonFormatter, Registry, ServeSettings, create_app, load_settings, uvicorn_config,
                            registry_command)
 from volnb.spike import fit_spike_model, load_artefact, save_artefact, synthetic_spike_frame
 
@@ -74,8 +74,7 @@ class ServerThread:
     "A uvicorn.Server in a thread on a free loopback port."
     def __init__(self, app):
         self.app, self.port = app, _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                                    access_log=False, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, "warning", lifespan="on"))   # as served
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -255,6 +254,24 @@ def test_rate_limit_429(registry, serve, rows):
     assert "5 requests per minute" in r.json()["detail"]
     assert c.get("/health").status_code == 200                      # probes are exempt
     assert 'volnb_requests_total{method="POST",path="/predict",status="429"} 2.0' in c.get("/metrics").text
+
+
+def test_forwarded_for_does_not_bypass_the_rate_limit(registry, serve, rows):
+    "A client that sends a new X-Forwarded-For with each request is still one client (uvicorn's proxy headers are off)."
+    c = serve(registry.root, rate_limit_per_minute=100)
+    codes = [c.get("/version", headers={"X-Forwarded-For": f"10.0.{i // 250}.{i % 250}"}).status_code for i in range(130)]
+    assert codes[:100] == [200] * 100 and set(codes[100:]) == {429}
+
+
+def test_metric_labels_are_bounded(registry, serve):
+    "Invented methods and paths become 'other': 50 odd requests add no new series."
+    c = serve(registry.root)
+    c.get("/version")
+    before = len([l for l in c.get("/metrics").text.splitlines() if l.startswith("volnb_requests_total")])
+    for i in range(50): c.request(f"X{i:05d}ZZ", f"/health?i={i}"); c.request("GET", f"/nope{i}")
+    lines = [l for l in c.get("/metrics").text.splitlines() if l.startswith("volnb_requests_total")]
+    assert not any("X000" in l or "/nope" in l for l in lines)
+    assert 'method="other"' in "".join(lines) and len(lines) <= before + 3
 
 
 @pytest.mark.parametrize("per_minute,cap,expect", [(1, 7, {7}), (1, 600, {59, 60}), (120, 60, {1})])

@@ -1,6 +1,5 @@
 """volnb.stages: one runner, artefact paths in one place, and dvc.yaml deps that cannot miss code or config."""
 import re
-import shutil
 
 import pytest
 import yaml

@@ -81,31 +81,27 @@ def resolve_path(cfg, key: str) -> Path:
     p = Path(cfg.paths[key])
     return p if p.is_absolute() else Path(cfg.paths.root) / p
 
-# %% ../nbs/00_core.ipynb #26ccdb2a
-def _fresh_name(parent: Path, prefix: str, suffix: str) -> Path:
-    "A random, not yet used name in `parent`."
-    return parent / f"{prefix}{secrets.token_hex(8)}{suffix}"
+# %% ../nbs/00_core.ipynb #703854ed
+def _create_fresh(parent, prefix: str, suffix: str, create) -> Path:
+    "`create(path)` on a random name in `parent` not yet taken (it must raise FileExistsError when the name is)."
+    parent = Path(parent)
+    for _ in range(100):
+        p = parent / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try: create(p)
+        except FileExistsError: continue
+        return p
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+def _new_file(p):
+    os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
 
 def make_temp_file(parent, prefix: str = "", suffix: str = ".tmp") -> Path:
     "Create an empty file with a new random name in `parent`, mode 0o666 less the umask (mkstemp: 0o600)."
-    parent = Path(parent)
-    for _ in range(100):
-        p = _fresh_name(parent, prefix, suffix)
-        try: fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except FileExistsError: continue
-        os.close(fd)
-        return p
-    raise FileExistsError(f"no free temporary name in {parent}")
+    return _create_fresh(parent, prefix, suffix, _new_file)
 
 def make_temp_dir(parent, prefix: str = "", suffix: str = "") -> Path:
     "Create a folder with a new random name in `parent`, mode 0o777 less the umask (mkdtemp: 0o700)."
-    parent = Path(parent)
-    for _ in range(100):
-        p = _fresh_name(parent, prefix, suffix)
-        try: os.mkdir(p, 0o777)
-        except FileExistsError: continue
-        return p
-    raise FileExistsError(f"no free temporary name in {parent}")
+    return _create_fresh(parent, prefix, suffix, lambda p: os.mkdir(p, 0o777))
 
 def fsync_file(path) -> None:
     "Flush a file's content to disk."

@@ -22,14 +22,13 @@ __all__ = ['STAGES', 'CONFIG_GROUPS', 'StagePaths', 'model_configs', 'model_labe
            'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'stage_requirements', 'missing_deps',
            'sync_deps']
 
-# %% ../nbs/16_stages.ipynb #7f5c2534
+# %% ../nbs/16_stages.ipynb #393033de
 class StagePaths:
     "The files and folders a stage of experiment `cfg.experiment.name` reads and writes, under `cfg.paths`."
     def __init__(self, cfg):
         self.cfg = cfg
         self.exp = str(cfg.experiment.name)
-        proto = cfg.get("protocol") if hasattr(cfg, "get") else None
-        self.protocol = str(proto.name) if proto is not None else "clean"
+        self.protocol = str(cfg.protocol.name)
         self.suffix = "" if self.protocol == "clean" else f"_{self.protocol}"
         self.root = Path(cfg.paths.root)
         self.reports = resolve_path(cfg, "reports_dir")

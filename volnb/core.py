@@ -22,7 +22,8 @@ import pandas as pd
 # %% auto #0
 __all__ = ['project_root', 'DataValidationError', 'split_overrides', 'compose_config', 'resolve_path', 'make_temp_file',
            'make_temp_dir', 'fsync_file', 'fsync_dir', 'atomic_path', 'write_text', 'jsonable', 'write_json',
-           'sha256_file', 'replace_dir', 'write_parquet', 'save_table', 'save_figure', 'render_readme']
+           'sha256_file', 'replace_dir', 'write_parquet', 'save_table', 'save_figure', 'utc_timestamp', 'utc_ms',
+           'ms_text', 'render_readme']
 
 # %% ../nbs/00_core.ipynb #16ce4d83
 def project_root() -> Path:
@@ -196,6 +197,24 @@ def save_figure(fig, reports_dir, experiment: str, name: str, dpi: int = 120) ->
     with atomic_path(dest) as tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
     return dest
+
+# %% ../nbs/00_core.ipynb #5b28dd1e
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+def utc_timestamp(when) -> pd.Timestamp | None:
+    "A UTC `Timestamp` for a date/time string, datetime or Timestamp (naive values are taken as UTC); None stays None."
+    if when is None: return None
+    ts = pd.Timestamp(when)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+def utc_ms(when) -> int | None:
+    "Epoch milliseconds of a UTC date/time (see `utc_timestamp`); None stays None."
+    ts = utc_timestamp(when)
+    return None if ts is None else int((ts - _EPOCH) // pd.Timedelta(milliseconds=1))
+
+def ms_text(ms: int, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    "Epoch milliseconds as UTC text (`YYYY-MM-DD HH:MM:SS` by default)."
+    return (_EPOCH + pd.Timedelta(milliseconds=int(ms))).strftime(fmt)
 
 # %% ../nbs/00_core.ipynb #62ca648f
 def render_readme(nb_path=None, dest=None) -> Path:

@@ -15,10 +15,11 @@ from numpy.testing import assert_allclose
 
 import volnb.spike as spike
 from volnb.core import DataValidationError, compose_config
-from volnb.spike import (ARTEFACT_FILES, MODEL_METRICS, MODELS_TABLE_COLUMNS, SPIKE_MODELS, SYNTHETIC_FEATURES, ArtefactError,
-                         SpikeScorer, calibration_bins, calibration_table, choose_threshold, export_arrays, fit_spike_model,
-                         load_artefact, metrics_table, models_metrics, models_table, sample_reference, save_artefact,
-                         score_spike_models, select_model, spike_metrics, synthetic_spike_frame, train_spike_models)
+from volnb.spike import (ARTEFACT_FILES, MODEL_METRICS, MODELS_TABLE_COLUMNS, SPIKE_MODELS, SYNTHETIC_FEATURES,
+                         ArtefactError, Contributions, SpikeScorer, calibration_bins, calibration_table, choose_threshold,
+                         export_arrays, fit_spike_model, load_artefact, metrics_table, models_metrics, models_table,
+                         sample_reference, save_artefact, score_spike_models, select_model, spike_metrics,
+                         synthetic_spike_frame, train_spike_models)
 
 FEATS = list(SYNTHETIC_FEATURES)
 REF_ROWS = 700
@@ -547,6 +548,178 @@ def test_calibration_bins():
     assert q.n.tolist() == [250, 250, 250, 250]
     with pytest.raises(ValueError, match="strategy"):
         calibration_bins(y, s, strategy="kde")
+
+
+# ---------------------------------------------------------------- per-feature contributions (explain=true)
+
+def extended_rows(scorer, X):
+    "Data rows, far-out rows, zeros and (for trees) rows on a split threshold and one float32 step above it."
+    rows = [X, X * 50.0, -X, np.zeros((3, X.shape[1]))]
+    if scorer.kind in ("random_forest", "gradient_boosting"): rows.append(boundary_rows(scorer, X))
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("kind", SPIKE_MODELS)
+def test_contributions_add_up_to_the_score(kind, models, saved, data):
+    s = load_artefact(saved / kind)
+    X = extended_rows(s, data[FEATS].to_numpy())
+    c = s.contributions(X)
+    assert isinstance(c, Contributions) and c.features == FEATS
+    assert c.space == {"zscore": "z", "logreg": "log_odds", "random_forest": "probability", "gradient_boosting": "log_odds"}[kind]
+    assert c.bias.shape == (len(X),) and c.values.shape == (len(X), 7)
+    assert np.isfinite(c.values).all() and (c.bias == c.bias[0]).all()
+    link = {"log_odds": lambda z: 1 / (1 + np.exp(-z)), "probability": lambda z: z, "z": spike_norm_cdf}[c.space]
+    p = s.predict_proba(X)
+    assert_allclose(link(c.bias + c.values.sum(axis=1)), p, rtol=0, atol=1e-12)
+    assert_allclose(c.proba(), p, rtol=0, atol=1e-12)
+    if kind in ("logreg", "gradient_boosting"):                        # the log-odds are sklearn's decision function
+        assert_allclose(c.total, models[kind].estimator.decision_function(X), rtol=0, atol=1e-10)
+    one = s.contributions(X[17])                                       # one row as a 1-D vector
+    assert one.values.shape == (1, 7) and one.bias.shape == (1,)
+    assert_allclose(one.values, c.values[17:18], rtol=0, atol=1e-15)
+    assert_allclose(s.contributions(pd.DataFrame(X[:5, ::-1], columns=FEATS[::-1])).values, c.values[:5], rtol=0, atol=1e-15)
+
+
+def spike_norm_cdf(z):
+    from scipy.stats import norm
+    return norm.cdf(z)
+
+
+def saabas_walk(trees, values, x):
+    "Plain per-tree walk of one row on sklearn `tree_` arrays (float32 features): (sum of root values, per-feature terms)."
+    bias, terms = 0.0, np.zeros(len(x))
+    for t, v in zip(trees, values):
+        node = 0
+        bias += v[0]
+        while t.children_left[node] != -1:
+            f = t.feature[node]
+            with np.errstate(over="ignore"):
+                go_left = np.float32(x[f]) <= t.threshold[node]
+            child = t.children_left[node] if go_left else t.children_right[node]
+            terms[f] += v[child] - v[node]
+            node = child
+    return bias, terms
+
+
+def test_tree_contributions_equal_a_plain_walk(data):
+    "A small forest and a small boosted model: the vectorised walk equals a per-row, per-tree Python walk."
+    tr = data[data.split == "train"]
+    small = {"random_forest": {"n_estimators": 5, "max_depth": 4, "min_samples_leaf": 20, "random_state": 0},
+             "gradient_boosting": {"n_estimators": 6, "max_depth": 3, "learning_rate": 0.1, "subsample": 0.8, "random_state": 0}}
+    X0 = data[data.split == "validation"][FEATS].to_numpy()[:150]
+    for kind, params in small.items():
+        m = fit_spike_model(kind, tr[FEATS], tr.label.to_numpy(), params, features=FEATS)
+        s = SpikeScorer(kind, FEATS, export_arrays(m))
+        X = np.r_[extended_rows(s, X0), [[1e308] * 7, [-1e308] * 7, [1e39] * 7]]
+        est = m.estimator
+        if kind == "random_forest":
+            trees = [e.tree_ for e in est.estimators_]
+            vals = [t.value[:, 0, 1] / t.value[:, 0, :].sum(axis=1) for t in trees]
+            walked = [saabas_walk(trees, vals, x) for x in X]
+            bias = np.array([b for b, _ in walked]) / len(trees)
+            assert np.ptp([v[0] for v in vals]) > 0                     # roots differ between bootstrap samples
+            terms = np.array([t for _, t in walked]) / len(trees)
+            assert_allclose(bias + terms.sum(axis=1), est.predict_proba(np.clip(X, -3e38, 3e38))[:, 1], rtol=0, atol=1e-12)
+        else:
+            trees = [e.tree_ for e in est.estimators_[:, 0]]
+            vals = [t.value[:, 0, 0] for t in trees]
+            walked = [saabas_walk(trees, vals, x) for x in X]
+            prior = tr.label.mean()
+            bias = np.log(prior / (1 - prior)) + 0.1 * np.array([b for b, _ in walked])
+            terms = 0.1 * np.array([t for _, t in walked])
+            assert_allclose(bias + terms.sum(axis=1), est.decision_function(np.clip(X, -3e38, 3e38)), rtol=0, atol=1e-10)
+        c = s.contributions(X)
+        assert (terms != 0).sum() > len(X)                              # the walk does split on several features
+        assert_allclose(c.bias, bias, rtol=0, atol=1e-12)
+        assert_allclose(c.values, terms, rtol=0, atol=1e-12)
+
+
+def test_forest_contributions_equal_treeinterpreter(models, saved, data):
+    "External reference: treeinterpreter's Saabas contributions (class-1 column) for the fitted RandomForestClassifier."
+    import copy
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)          # it imports distutils' LooseVersion
+        from treeinterpreter import treeinterpreter as ti
+    rf = copy.deepcopy(models["random_forest"].estimator)              # ti normalises tree_.value in place
+    s = load_artefact(saved / "random_forest")
+    X = data[FEATS].to_numpy()
+    X = np.r_[X[:200], boundary_rows(s, X)[::10]]
+    pred, bias, contrib = ti.predict(rf, X)
+    c = s.contributions(X)
+    assert_allclose(pred[:, 1], s.predict_proba(X), rtol=0, atol=1e-12)
+    assert_allclose(c.bias, bias[:, 1], rtol=0, atol=1e-12)
+    assert_allclose(c.values, contrib[:, :, 1], rtol=0, atol=1e-12)
+
+
+def test_logreg_contributions_are_standardised_terms(models, saved, data):
+    pipe = models["logreg"].estimator
+    sc, lr = pipe.named_steps["scale"], pipe.named_steps["logreg"]
+    X = data[FEATS].to_numpy()[:300]
+    c = load_artefact(saved / "logreg").contributions(X)
+    assert_allclose(c.values, sc.transform(X) * lr.coef_[0], rtol=1e-12, atol=1e-15)
+    assert_allclose(c.bias, np.full(len(X), lr.intercept_[0]), rtol=0, atol=0)
+    assert_allclose(c.total, pipe.decision_function(X), rtol=0, atol=1e-12)
+
+
+def test_zscore_contributions_are_the_z_score(data, saved):
+    tr = data[data.split == "train"].rv_5m
+    X = data[FEATS].to_numpy()[:50]
+    c = load_artefact(saved / "zscore").contributions(X)
+    j = FEATS.index("rv_5m")
+    assert (c.space, (c.bias == 0).all(), (np.delete(c.values, j, axis=1) == 0).all()) == ("z", True, True)
+    assert_allclose(c.values[:, j], (X[:, j] - tr.mean()) / tr.std(ddof=0), rtol=1e-12)
+
+
+def test_contributions_by_hand():
+    "One tree: root x0 <= 0.5, right child x1 <= 2; values root 0, left -1, right 1, leaves 0.5 and 3."
+    tree = {"n_features": np.array([2]), "tree_offsets": np.array([0, 5]), "children_left": np.array([1, -1, 3, -1, -1]),
+            "children_right": np.array([2, -1, 4, -1, -1]), "feature": np.array([0, -1, 1, -1, -1]),
+            "threshold": np.array([0.5, 0, 2.0, 0, 0])}
+    gb = SpikeScorer("gradient_boosting", ["x0", "x1"], {**tree, "value": np.array([0.0, -1, 1, 0.5, 3]),
+                                                         "init": np.array([-2.0]), "learning_rate": np.array([0.1])})
+    X = np.array([[1.0, 3.0], [1.0, 2.0], [0.5 + 1e-9, 3.0], [0.5 + 1e-7, 3.0]])   # 0.5 + 1e-9 is 0.5 in float32: left
+    c = gb.contributions(X)
+    assert c.space == "log_odds"
+    assert_allclose(c.bias, [-2.0] * 4, rtol=0, atol=1e-15)
+    assert_allclose(c.values, [[0.1, 0.2], [0.1, -0.05], [-0.1, 0.0], [0.1, 0.2]], rtol=0, atol=1e-15)
+    rf = SpikeScorer("random_forest", ["x0", "x1"], {**tree, "value": np.array([0.3, 0.1, 0.6, 0.2, 0.9])})
+    c = rf.contributions(X)
+    assert c.space == "probability"
+    assert_allclose(c.bias, [0.3] * 4, rtol=0, atol=1e-15)
+    assert_allclose(c.values, [[0.3, 0.3], [0.3, -0.4], [-0.2, 0.0], [0.3, 0.3]], rtol=0, atol=1e-15)
+    assert c.frame().columns.tolist() == ["bias", "x0", "x1"]
+    assert c.records()[1] == {"space": "probability", "bias": 0.3, "contributions": {"x0": c.values[1, 0], "x1": c.values[1, 1]}}
+
+
+def test_contributions_input_errors(saved):
+    s = load_artefact(saved / "random_forest")
+    with pytest.raises(ValueError, match=r"shape \(n, 7\) for features \['rv_1m'.*got \(3, 6\)"):
+        s.contributions(np.ones((3, 6)))
+    with pytest.raises(ValueError, match=r"got \(6,\)"):
+        s.contributions(np.ones(6))
+    x = np.ones((3, 7)); x[1, 2] = np.nan
+    with pytest.raises(DataValidationError, match="rv_15m") as e:
+        s.contributions(x)
+    assert e.value.row == 1
+    with pytest.raises(DataValidationError, match="hl_range"):
+        s.contributions(pd.DataFrame(np.ones((2, 6)), columns=[f for f in FEATS if f != "hl_range"]))
+
+
+@pytest.mark.filterwarnings("error")
+def test_contributions_of_extreme_but_finite_rows(saved):
+    huge = np.array([[1e308] * 7, [-1e308] * 7, [1e39] * 7, [1e12] * 7])
+    for kind in ("random_forest", "gradient_boosting"):               # beyond float32: ordered like +-inf, no warning
+        s = load_artefact(saved / kind)
+        c = s.contributions(huge)
+        assert np.isfinite(c.values).all()
+        assert_allclose(c.proba(), s.predict_proba(huge), rtol=0, atol=1e-12)
+        json.dumps(c.records(), allow_nan=False)
+    z = load_artefact(saved / "zscore")
+    assert np.isfinite(z.contributions(huge[2:]).values).all()
+    for kind in ("zscore", "logreg"):                                  # (1e308 - mean) / std overflows float64: refused
+        with pytest.raises(ValueError, match="out of range.*row 0"):
+            load_artefact(saved / kind).contributions(huge)
 
 
 # ---------------------------------------------------------------- the stages on a slice of the real snapshot

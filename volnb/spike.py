@@ -22,12 +22,12 @@ from .core import DataValidationError, make_temp_dir, replace_dir, sha256_file, 
 from .metrics import precision_recall_f1
 
 # %% auto #0
-__all__ = ['SPIKE_MODELS', 'SPIKE_SPLITS', 'SYNTHETIC_FEATURES', 'ARTEFACT_FORMAT', 'ARTEFACT_FILES', 'LOWER_IS_BETTER',
-           'MODELS_TABLE_COLUMNS', 'MODEL_METRICS', 'CALIBRATION_SPLITS', 'synthetic_spike_frame', 'ZScoreClassifier',
-           'SpikeModel', 'fit_spike_model', 'train_spike_models', 'score_spike_models', 'ArtefactError',
-           'sample_reference', 'export_arrays', 'SpikeScorer', 'save_artefact', 'load_artefact', 'choose_threshold',
-           'spike_metrics', 'metrics_table', 'select_model', 'calibration_bins', 'models_table', 'calibration_table',
-           'models_metrics']
+__all__ = ['SPIKE_MODELS', 'SPIKE_SPLITS', 'SYNTHETIC_FEATURES', 'ARTEFACT_FORMAT', 'ARTEFACT_FILES', 'CONTRIBUTION_SPACES',
+           'LOWER_IS_BETTER', 'MODELS_TABLE_COLUMNS', 'MODEL_METRICS', 'CALIBRATION_SPLITS', 'synthetic_spike_frame',
+           'ZScoreClassifier', 'SpikeModel', 'fit_spike_model', 'train_spike_models', 'score_spike_models',
+           'ArtefactError', 'sample_reference', 'export_arrays', 'SpikeScorer', 'save_artefact', 'load_artefact',
+           'Contributions', 'feature_contributions', 'choose_threshold', 'spike_metrics', 'metrics_table',
+           'select_model', 'calibration_bins', 'models_table', 'calibration_table', 'models_metrics']
 
 # %% ../nbs/13_spike.ipynb #b63e20f2
 SPIKE_MODELS = ("zscore", "logreg", "random_forest", "gradient_boosting")
@@ -250,7 +250,7 @@ def export_arrays(model: SpikeModel) -> dict[str, np.ndarray]:
     else: raise ValueError(f"unknown spike model kind {model.kind!r}")
     return out
 
-# %% ../nbs/13_spike.ipynb #fc63b15e
+# %% ../nbs/13_spike.ipynb #4ecb49fa
 _KIND_ARRAYS = {
     "zscore": ("n_features", "feature_index", "mean", "std"),
     "logreg": ("n_features", "scaler_mean", "scaler_scale", "coef", "intercept"),
@@ -264,7 +264,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     "Numerically stable logistic function."
     return np.exp(-np.logaddexp(0.0, -z))
 
-# %% ../nbs/13_spike.ipynb #976f9207
+def _split_inputs(X: np.ndarray) -> np.ndarray:
+    "Feature values as tree splits see them: rounded to float32, as sklearn does (beyond its range: +-inf)."
+    with np.errstate(over="ignore"):                         # +-inf is still ordered right against every threshold
+        return X.astype(np.float32).astype(np.float64)
+
+# %% ../nbs/13_spike.ipynb #8f29a4d2
 class SpikeScorer:
     "A loaded spike model scored with numpy alone: `.predict_proba(X) -> (n,)`, `.predict(X) -> 0/1`."
     def __init__(self, kind: str, features: Sequence[str], arrays: Mapping[str, np.ndarray], meta: dict | None = None,
@@ -352,8 +357,7 @@ class SpikeScorer:
 
     def _leaf_values(self, X: np.ndarray) -> np.ndarray:
         "Value of the leaf each row reaches in each tree, shape (n, n_trees)."
-        with np.errstate(over="ignore"):                     # beyond float32's range: +-inf, still ordered right
-            X = X.astype(np.float32).astype(np.float64)      # sklearn compares float32 features
+        X = _split_inputs(X)
         n, T = len(X), len(self._roots)
         out = np.empty((n, T))
         step = max(1, 2_000_000 // T)
@@ -476,6 +480,97 @@ def load_artefact(path) -> SpikeScorer:
     if not np.isfinite(X).all(): raise ArtefactError("non-finite reference value", "reference.npz", "X")
     scorer.reference = X.astype(np.float64)
     return scorer
+
+# %% ../nbs/13_spike.ipynb #456e7265
+CONTRIBUTION_SPACES = {"zscore": "z", "logreg": "log_odds", "random_forest": "probability", "gradient_boosting": "log_odds"}
+
+@dataclass
+class Contributions:
+    "Per-feature contributions to spike scores: `bias + values.sum(axis=1)` is each row's output in `space`."
+    space: str              # "z" (P = Phi), "log_odds" (P = sigmoid) or "probability" (P itself)
+    bias: np.ndarray        # (n,)
+    values: np.ndarray      # (n, n_features), columns in the order of `features`
+    features: list[str]
+
+    @property
+    def total(self) -> np.ndarray:
+        "bias + the sum of the contributions: each row's output in `space`, shape (n,)."
+        return self.bias + self.values.sum(axis=1)
+
+    def proba(self) -> np.ndarray:
+        "P(spike) from `total` through the link of `space` (equals the scorer's `predict_proba` to float rounding)."
+        if self.space == "log_odds": return _sigmoid(self.total)
+        if self.space == "z":
+            from scipy.special import ndtr
+            return ndtr(self.total)
+        if self.space == "probability": return self.total
+        raise ValueError(f"unknown contribution space {self.space!r}")
+
+    def frame(self) -> pd.DataFrame:
+        "One row per input row: `bias`, then one column per feature."
+        return pd.DataFrame(np.c_[self.bias, self.values], columns=["bias", *self.features])
+
+    def records(self) -> list[dict]:
+        "JSON-ready: one `{'space', 'bias', 'contributions': {feature: value}}` per row, plain floats."
+        return [{"space": self.space, "bias": float(b), "contributions": dict(zip(self.features, map(float, v)))}
+                for b, v in zip(self.bias, self.values)]
+
+# %% ../nbs/13_spike.ipynb #512c8fe9
+def _path_contributions(scorer: SpikeScorer, X: np.ndarray) -> np.ndarray:
+    "Saabas path terms summed over all trees, (n, n_features): each split on f adds value[child] - value[node] to f."
+    V, nf, roots = scorer.arrays["value"], scorer.n_features, scorer._roots
+    Xf = _split_inputs(X)                                  # the float32-rounded values the splits compare
+    n, T = len(Xf), len(roots)
+    out = np.empty((n, nf))
+    step = max(1, 2_000_000 // T)
+    for s in range(0, n, step):
+        Xc = Xf[s:s + step]
+        m = len(Xc)
+        node = np.broadcast_to(roots, (m, T)).copy()       # (m, T) node ids
+        rows = np.arange(m)[:, None]
+        cell = rows * nf                                   # flat (row, feature) index base
+        acc = np.zeros(m * nf)
+        for _ in range(scorer._depth):                     # a leaf loops to itself (feature 0, term 0.0)
+            f = scorer._F[node]
+            child = np.where(Xc[rows, f] <= scorer._T[node], scorer._L[node], scorer._R[node])
+            acc += np.bincount((cell + f).ravel(), weights=(V[child] - V[node]).ravel(), minlength=m * nf)
+            node = child
+        out[s:s + step] = acc.reshape(m, nf)
+    return out
+
+def feature_contributions(scorer: SpikeScorer, X) -> Contributions:
+    "Per-feature contributions of each row of X (n, n_features) (or one row, (n_features,)) to `scorer`'s score."
+    X = _as_matrix(X, scorer.features)
+    a, n, kind = scorer.arrays, len(X), scorer.kind
+    bias = np.zeros(n)
+    if kind == "zscore":
+        j = int(a["feature_index"][0])
+        values = np.zeros((n, scorer.n_features))
+        with np.errstate(over="ignore"):
+            values[:, j] = (X[:, j] - a["mean"][0]) / a["std"][0]
+    elif kind == "logreg":
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = ((X - a["scaler_mean"]) / a["scaler_scale"]) * a["coef"]
+        bias[:] = a["intercept"][0]
+    else:
+        path, V_root = _path_contributions(scorer, X), a["value"][scorer._roots]
+        if kind == "random_forest":
+            values, bias[:] = path / len(V_root), V_root.mean()
+        else:
+            lr = a["learning_rate"][0]
+            values, bias[:] = lr * path, a["init"][0] + lr * V_root.sum()
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"feature values out of range: no finite contribution for row {int(r)} "
+                         f"(feature {scorer.features[c]!r} = {X[r, c]!r})")
+    return Contributions(CONTRIBUTION_SPACES[kind], bias, values, list(scorer.features))
+
+def _contributions(self: SpikeScorer, X) -> Contributions:
+    "Per-feature contributions to each row's score: `feature_contributions(self, X)`."
+    return feature_contributions(self, X)
+
+SpikeScorer.contributions = _contributions
 
 # %% ../nbs/13_spike.ipynb #bf83c9ea
 def choose_threshold(y, score) -> float:

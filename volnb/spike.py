@@ -269,7 +269,7 @@ def _split_inputs(X: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):                         # +-inf is still ordered right against every threshold
         return X.astype(np.float32).astype(np.float64)
 
-# %% ../nbs/13_spike.ipynb #8f29a4d2
+# %% ../nbs/13_spike.ipynb #95f950fa
 class SpikeScorer:
     "A loaded spike model scored with numpy alone: `.predict_proba(X) -> (n,)`, `.predict(X) -> 0/1`."
     def __init__(self, kind: str, features: Sequence[str], arrays: Mapping[str, np.ndarray], meta: dict | None = None,
@@ -353,22 +353,35 @@ class SpikeScorer:
             if len(frontier) == 0: break
             frontier, depth = np.r_[L[frontier], R[frontier]], depth + 1
         self._L, self._R, self._F, self._T, self._depth = L, R, F, T, depth
+        self._LR = np.stack([L, R], axis=1).ravel()        # children interleaved: node 2k is left of k, 2k+1 its right
         self._roots = a["tree_offsets"][:-1]
 
     def _leaf_values(self, X: np.ndarray) -> np.ndarray:
-        "Value of the leaf each row reaches in each tree, shape (n, n_trees)."
+        """Value of the leaf each row reaches in each tree, shape (n, n_trees).
+
+        All trees advance one level per step (leaves loop onto themselves). A step is four `take`s on flat arrays:
+        the split feature of each current node, the row's value of it, the node's threshold, then the child in the
+        interleaved `[left, right]` array at `2 * node + (x > threshold)`. Inputs are finite (or +-inf after the
+        float32 rounding), so `x > threshold` is exactly `not x <= threshold`, sklearn's rule."""
         X = _split_inputs(X)
         n, T = len(X), len(self._roots)
+        LR, F, Th, V = self._LR, self._F, self._T, self.arrays["value"]
+        if n == 1:                                                        # the serving case: no row offsets at all
+            x, node = X[0], self._roots
+            for _ in range(self._depth):
+                node = LR.take((node << 1) + (x.take(F.take(node)) > Th.take(node)))
+            return V.take(node)[None, :]
         out = np.empty((n, T))
         step = max(1, 2_000_000 // T)
+        nf = X.shape[1]
         for s in range(0, n, step):
             Xc = X[s:s + step]
-            node = np.broadcast_to(self._roots, (len(Xc), T)).copy()          # (n, T)
-            rows = np.arange(len(Xc))[:, None]
+            flat = Xc.ravel()
+            off = (np.arange(len(Xc), dtype=np.int64) * nf)[:, None]     # row offsets into the flattened rows
+            node = np.broadcast_to(self._roots, (len(Xc), T)).copy()      # (rows, trees)
             for _ in range(self._depth):
-                left = Xc[rows, self._F[node]] <= self._T[node]
-                node = np.where(left, self._L[node], self._R[node])
-            out[s:s + step] = self.arrays["value"][node]
+                node = LR.take((node << 1) + (flat.take(off + F.take(node)) > Th.take(node)))
+            out[s:s + step] = V.take(node)
         return out
 
     def predict_proba(self, X) -> np.ndarray:

@@ -45,7 +45,7 @@ def peak_rss_mib(who=resource.RUSAGE_SELF) -> float:
 
 def serve_child(queue, drop_after, missed):
     "Child process: a ReplayServer of the spot session; puts (port, symbol), then serves until killed."
-    from volnb.live import ReplayServer
+    from volnb.replay import ReplayServer
 
     async def main():
         async with ReplayServer(SPOT, drop_after=drop_after, missed_on_drop=missed) as srv:
@@ -66,7 +66,7 @@ async def consume(feed):
 
 def e2e_child_server(drop_after=(), missed=0):
     "Client here, server in a child process: (messages, seconds, bars, stats, server peak RSS)."
-    from volnb.live import FeedClient
+    from volnb.feeds import FeedClient
     q = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=serve_child, args=(q, list(drop_after), missed), daemon=True)
     p.start()
@@ -81,7 +81,8 @@ def e2e_child_server(drop_after=(), missed=0):
 
 def e2e_same_loop():
     "Server and client in this process and event loop (what the tests do)."
-    from volnb.live import FeedClient, ReplayServer
+    from volnb.feeds import FeedClient
+    from volnb.replay import ReplayServer
 
     async def main():
         async with ReplayServer(SPOT) as srv:
@@ -94,7 +95,8 @@ def e2e_same_loop():
 def kline_e2e():
     "The I3 file as klines, speed 0, server and client in one loop: (klines received, seconds, bars, server build seconds)."
     from volnb.data import load_minute_bars
-    from volnb.live import FeedClient, ReplayServer
+    from volnb.feeds import FeedClient
+    from volnb.replay import ReplayServer
     bars = load_minute_bars(I3)
     t0 = time.perf_counter()
     srv = ReplayServer(bars, start=bars.index[61])
@@ -112,7 +114,8 @@ def kline_scoring(n_bars: int = 1_000):
     "run_live on `n_bars` klines of I3 after a 61-bar REST warm-up, OnlineFeatures per bar: (bars, seconds, rows, warm-up s)."
     from volnb.data import load_minute_bars
     from volnb.intraday import OnlineFeatures
-    from volnb.live import FeedClient, ReplayServer, run_live
+    from volnb.feeds import FeedClient, run_live
+    from volnb.replay import ReplayServer
     bars = load_minute_bars(I3)
     rows = []
 
@@ -130,7 +133,8 @@ def kline_scoring(n_bars: int = 1_000):
 
 def in_process(raws, repeats):
     "json.loads + parse_binance + BarStream over the messages a client receives; seconds per pass."
-    from volnb.live import BarStream, parse_binance
+    from volnb.bars import BarStream
+    from volnb.messages import parse_binance
     times, loads_only = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -147,7 +151,8 @@ def in_process(raws, repeats):
 
 
 def main(repeats: int):
-    from volnb.live import bars_from_recording, read_binance_recording
+    from volnb.bars import bars_from_recording
+    from volnb.messages import read_binance_recording
     base = rss_mib()
     all_lines = [r for p in SPOT for _, r in read_binance_recording(p)]
     raws = [r for r in all_lines if r.startswith(('{"stream":"btcusdt@trade"', '{"stream":"btcusdt@bookTicker"'))]

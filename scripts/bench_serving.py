@@ -1,10 +1,10 @@
-"""Benchmark the spike predictor's HTTP service (volnb.serving): POST /predict latency, throughput and server memory.
+"""Benchmark the spike predictor's HTTP service (volnb.api): POST /predict latency, throughput and server memory.
 
 Usage: .venv/bin/python scripts/bench_serving.py [--requests N] [--concurrency C ...] [--rows R ...]
        (defaults: 2000 requests per scenario for 1 row, 500 for 100 rows; concurrency 1 8; rows 1 100)
 Writes reports/benchmarks/serving.{md,csv}.
 
-The server is `volnb.serving.run_server` in a subprocess on 127.0.0.1 (uvicorn, one worker, JSON access log on,
+The server is `volnb.api.run_server` in a subprocess on 127.0.0.1 (uvicorn, one worker, JSON access log on,
 written to a temporary file), serving a copy of reports/artifacts/spike60s/registry when the pipeline has built one,
 otherwise a registry holding a random forest fitted with the experiment's hyperparameters on volnb.spike's
 SYNTHETIC frame (named as such in the report). The rate limit is switched off for the run (every request would
@@ -41,14 +41,15 @@ WARMUP = 100
 # ------------------------------------------------------------------------------------------------ server side
 def serve_main(root: str, port: int) -> None:
     "Child process: run the server on `port` for the registry at `root`."
-    from volnb.serving import load_settings, run_server
+    from volnb.api import run_server
+    from volnb.service import load_settings
     s = load_settings([f"serve.port={port}", "serve.rate_limit_per_minute=0", "serve.log_level=info"])
     run_server(s.model_copy(update={"registry": Path(root)}))
 
 
 def build_registry(dest: Path) -> dict:
     "A registry to serve: a copy of the pipeline's, else one fitted on SYNTHETIC data. Returns a description."
-    from volnb.serving import Registry
+    from volnb.registry import Registry
     if (REGISTRY / "state.json").exists():
         shutil.copytree(REGISTRY, dest)
         reg = Registry(dest)
@@ -149,7 +150,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.serve: return serve_main(args.serve[0], int(args.serve[1]))
 
-    from volnb.serving import Registry
+    from volnb.registry import Registry
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     try:
         model = build_registry(tmp / "registry")
@@ -223,7 +224,7 @@ def write_report(rows: list, model: dict, mem_start: dict, mem_end: dict, log_li
            "## Against the seed", "",
            "| | p50 (ms) | p95 (ms) | p99 (ms) |", "|---|---:|---:|---:|",
            f"| seed (issue 5; budget p95 <= {SEED['p95_budget_ms']:.0f} ms) | {SEED['p50_ms']:.0f} | {SEED['p95_ms']:.0f} | {SEED['p99_ms']:.0f} |"]
-    md += [f"| volnb.serving, {r['rows']} row{'s' if r['rows'] > 1 else ''}, {r['concurrency']} client{'s' if r['concurrency'] > 1 else ''} | "
+    md += [f"| volnb.api, {r['rows']} row{'s' if r['rows'] > 1 else ''}, {r['concurrency']} client{'s' if r['concurrency'] > 1 else ''} | "
            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} |" for r in rows]
     if worst is not None:
         ok = worst["p95_ms"] <= TARGET_P95_MS_ONE_ROW

@@ -286,6 +286,6 @@ def test_arch_accepts_every_allowed_dist_and_only_those():
 
 
 def test_serving_uses_the_serve_schema():
-    import volnb.serving
-    assert volnb.serving.ServeSettings is C.ServeSettings and volnb.serving.DriftSettings is C.DriftSettings
+    import volnb.service
+    assert volnb.service.ServeSettings is C.ServeSettings and volnb.service.DriftSettings is C.DriftSettings
     assert C.GROUP_SCHEMAS["serve"] is C.ServeSettings

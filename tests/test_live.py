@@ -1,5 +1,6 @@
-"""volnb.live on the real WebSocket recordings (PROVENANCE I7, I10): readers, parsers, bars, the loopback replay
-server and the client — end to end, through a dropped connection, and live features against batch features.
+"""The live feed (volnb.messages, volnb.bars, volnb.replay, volnb.feeds) on the real WebSocket recordings (PROVENANCE
+I7, I10): readers, parsers, bars, the loopback replay server and the client — end to end, through a dropped
+connection, and live features against batch features.
 Kline mode on the real one-minute Binance files (PROVENANCE I2, I3): the bar file played as `btcusdt@kline_1m` with
 the REST klines endpoint, warm-up, scores from the first streamed bar, reconnects and no look-ahead.
 
@@ -20,10 +21,11 @@ import pytest
 import requests
 
 from volnb.core import DataValidationError
-from volnb.live import (BAR_FIELDS, REPLAY_END, BarStream, FeedClient, FeedError, Kline, KlineStream, MinuteBarBuilder,
-                        Quote, ReplayServer, Trade, bars_frame, bars_from_recording, feature_input, iso_ns,
-                        klines_from_rest, parse_binance, parse_coinbase, read_binance_recording, read_coinbase_recording,
-                        run_live)
+from volnb.bars import BAR_FIELDS, BarStream, KlineStream, MinuteBarBuilder, bars_frame, bars_from_recording
+from volnb.feeds import FeedClient, FeedError, feature_input, run_live
+from volnb.messages import (Kline, Quote, Trade, iso_ns, klines_from_rest, parse_binance, parse_coinbase,
+                            read_binance_recording, read_coinbase_recording)
+from volnb.replay import REPLAY_END, ReplayFaults, ReplayServer, parse_faults
 
 TRADE_COLS = ["open", "high", "low", "close", "volume", "n_trades", "incomplete"]
 
@@ -698,7 +700,7 @@ class ScriptedHttp:
 def test_rest_retries_cap_retry_after_and_jitter_the_backoff():
     "A Retry-After of a day waits retry_after_max; other retries wait backoff·2^attempt less up to half of it."
     import random
-    from volnb.live import RetryClient
+    from volnb.feeds import RetryClient
     busy = {"code": -1003, "msg": "Too many requests"}
     script = [(429, {"Retry-After": "86400"}, busy), (503, {}, busy), (502, {}, busy), (200, {}, {"serverTime": 42})]
     with ScriptedHttp(script) as srv:
@@ -719,7 +721,7 @@ def test_rest_retries_cap_retry_after_and_jitter_the_backoff():
 
 def test_feed_rest_calls_use_the_feeds_jittered_retries():
     "The feed's warm-up/backfill client: the feed's RNG and jitter, Retry-After capped at the feed's backoff_max."
-    from volnb.live import RetryClient
+    from volnb.feeds import RetryClient
     busy = {"code": -1003, "msg": "Too many requests"}
     script = [(429, {"Retry-After": "3600"}, busy), (503, {}, busy), (200, {}, {"serverTime": 1_723_161_600_000})]
     with ScriptedHttp(script) as srv:
@@ -734,3 +736,73 @@ def test_feed_rest_calls_use_the_feeds_jittered_retries():
     other = FeedClient("binance", backoff_max=0.05, seed=4)._client()
     a, b = [same.wait_for(2) for _ in range(5)], [other.wait_for(2) for _ in range(5)]
     assert a != b and all(0.4 <= x <= 0.8 for x in a + b)
+
+
+# ------------------------------------------------------------------------------------------ fault injection
+
+def test_parse_faults_round_trips_and_names_the_bad_item(spot):
+    f = parse_faults(" drop_every=500, pause_every=300:2.5,restart_after=1000:1 ")
+    assert f == ReplayFaults(drop_every=500, pause_every=300, pause_s=2.5, restart_after=1000, restart_s=1.0)
+    assert str(f) == "drop_every=500,pause_every=300:2.5,restart_after=1000:1" and parse_faults(str(f)) == f
+    assert parse_faults("pause_every=7") == ReplayFaults(pause_every=7, pause_s=5.0)          # default seconds
+    assert parse_faults("restart_after=3:0.125").restart_s == 0.125
+    assert parse_faults("") == parse_faults(None) == ReplayFaults() and not ReplayFaults() and f
+    for text, named in [("drop_evry=5", "unknown fault 'drop_evry'"), ("drop_every=0", "drop_every must be a positive"),
+                        ("drop_every=1.5", "drop_every='1.5'"), ("drop_every", "drop_every needs a value"),
+                        ("drop_every=5:1", "drop_every takes no seconds"), ("pause_every=3:soon", "pause_every='3:soon'"),
+                        ("pause_every=3:nan", "pause_s must be"), ("restart_after=10:-1", "restart_s must be"),
+                        ("drop_every=5,drop_every=6", "drop_every given twice")]:
+        with pytest.raises(ValueError, match=named):
+            parse_faults(text)
+    with pytest.raises(ValueError, match="forever"):                      # each drop would go back further than it got
+        ReplayServer(spot[0], faults=ReplayFaults(drop_every=100), missed_on_drop=-100)
+    with pytest.raises(TypeError, match="ReplayFaults"):
+        ReplayServer(spot[0], faults={"drop_every": 5})
+
+
+def test_drop_every_n_messages_reconnects_and_loses_no_trade(spot, batch0):
+    "drop_every=8,000 with 300 recorded lines passing in each outage: 4 drops, 4 gaps backfilled, every trade once."
+    live, feed, srv = replay(spot[0], faults=parse_faults("drop_every=8000"), missed_on_drop=300,
+                             client_kw={"max_reconnects": 20})
+    st = feed.stats
+    assert srv.injected == {"drops": 4, "pauses": 0, "restarts": 0} and 32_000 <= srv.sent < 9_757 + 28_040
+    assert st["reconnects"] == 4 and st["connections"] == 5 and st["gaps"] == 4
+    assert st["backfilled"] == st["missing"] > 0 and st["unfilled"] == 0 and (st["duplicates"], st["late"]) == (0, 0)
+    pd.testing.assert_frame_equal(live[TRADE_COLS], batch0[TRADE_COLS])
+
+
+def test_kline_drop_every_n_bars_gives_every_bar_once(i3):
+    "A drop after every 7th kline with 2 bars played during each outage: 6 drops, the file's bars, each once."
+    sl = i3.loc[START - 61 * MIN:START + 59 * MIN]
+    live, st, srv = kline_replay(sl, start=START, missed_on_drop=2, faults=ReplayFaults(drop_every=7),
+                                client_kw={"max_reconnects": 20})
+    same_bars(live, sl.loc[START:])
+    assert srv.drops == 6 and srv.sent == 48 and st["reconnects"] == 6          # 60 bars = 6 × (7 sent + 2 missed) + 6
+    assert st["missing"] >= 12 and st["backfilled"] == st["missing"] and (st["unfilled"], st["duplicates"]) == (0, 0)
+    assert not live.incomplete.any()
+
+
+def test_pause_longer_than_the_watchdog_makes_the_client_reconnect(spot, batch0):
+    "A 2-second silence on an open connection: a client with stale_after=0.5 s reconnects; one with 60 s waits."
+    live, feed, srv = replay(spot[0], faults=parse_faults("pause_every=20000:2"), client_kw={"stale_after": 0.5, "max_reconnects": 20})
+    st = feed.stats
+    assert srv.injected == {"drops": 0, "pauses": 1, "restarts": 0} and srv.sent == 9_757 + 28_040
+    assert st["reconnects"] >= 1 and any("no message for 0.5 s" in e for e in feed.errors)
+    assert st["backfilled"] == st["missing"] and (st["duplicates"], st["late"]) == (0, 0)
+    pd.testing.assert_frame_equal(live[TRADE_COLS], batch0[TRADE_COLS])
+    live, feed, srv = replay(spot[0], faults=parse_faults("pause_every=20000:0.3"))    # stale_after 60 s: no reconnect
+    assert srv.pauses == 1 and feed.stats["reconnects"] == 0 and feed.stats["connections"] == 1
+    pd.testing.assert_frame_equal(live, batch0)
+
+
+def test_restart_on_the_same_port_is_survived(spot, batch0):
+    "The server stops after 15,000 messages (1012), refuses connects for 0.5 s, then listens on the same port again."
+    live, feed, srv = replay(spot[0], faults=ReplayFaults(restart_after=15_000, restart_s=0.5),
+                             client_kw={"max_reconnects": 100})      # bounded: ~2.5 s of refused connects
+    st = feed.stats
+    assert srv.injected == {"drops": 0, "pauses": 0, "restarts": 1} and srv.restart_error is None
+    assert feed.url == srv.url and srv.connections == st["connections"] == 2       # the same URL before and after
+    assert st["reconnects"] >= 2                                                  # refused while the server was away
+    assert any("1012" in e for e in feed.errors) and any(e.startswith("connect ws://127.0.0.1") for e in feed.errors)
+    assert st["backfilled"] == st["missing"] and (st["duplicates"], st["late"], st["unfilled"]) == (0, 0, 0)
+    pd.testing.assert_frame_equal(live[TRADE_COLS], batch0[TRADE_COLS])

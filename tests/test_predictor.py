@@ -10,7 +10,7 @@ import pytest
 
 from volnb.data import load_minute_bars
 from volnb.intraday import SPIKE_FEATURES, bar_features
-from volnb.serving import Registry
+from volnb.registry import Registry
 from volnb.spike import fit_spike_model, load_artefact, save_artefact, synthetic_spike_frame
 
 VOLNB = [sys.executable, "-c", "import sys; from volnb.cli import main; sys.exit(main())"]
@@ -55,7 +55,9 @@ def test_serve_replays_bar_file_and_scores_every_bar(root, data_dir, registry):
 
 def test_served_scores_equal_offline_scores(root, data_dir, registry):
     "The same minutes scored offline from batch features give the scores the live path logged."
-    from volnb.serving import ServeSettings, create_app, run_predictor
+    from volnb.api import create_app
+    from volnb.predictor import run_predictor
+    from volnb.service import ServeSettings
     s = ServeSettings(port=free_port(), registry=registry.root, log_level="warning")
     app = create_app(registry.root, s)
     run_predictor(s, app, replay=root / BAR_FILE, speed=0, start="2023-04-20 13:00", end="2023-04-20 13:30",

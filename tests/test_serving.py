@@ -1,4 +1,4 @@
-"""The spike predictor's HTTP API (volnb.serving) against real uvicorn servers on loopback.
+"""The spike predictor's HTTP API (volnb.api, volnb.service, volnb.registry) against real uvicorn servers on loopback.
 
 Artefacts are fitted with volnb.spike on its SYNTHETIC frame (random numbers shaped like the spike60s
 features, not market data). Every server runs in a thread on a free port and is shut down by its fixture.
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import uvicorn
 
-from volnb.serving import (DriftSettings, JsonFormatter, Registry, ServeSettings, create_app, load_settings, uvicorn_config,
-                           registry_command)
+from volnb.api import JsonFormatter, create_app, uvicorn_config
+from volnb.registry import Registry, registry_command
+from volnb.service import DriftSettings, ServeSettings, load_settings
 from volnb.spike import fit_spike_model, load_artefact, save_artefact, synthetic_spike_frame
 
 FEATURES = ["rv_1m", "rv_5m", "rv_15m", "rv_60m", "ret_5m", "hl_range", "volume_intensity"]

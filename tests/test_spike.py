@@ -782,7 +782,7 @@ def test_stage_artefacts_reproduce_predictions(stage_run):
 
 
 def test_stage_builds_the_serving_registry(stage_run):
-    from volnb.serving import Registry
+    from volnb.registry import Registry
     art = stage_run / "artifacts/spike60s"
     sel = json.loads((art / "selected.json").read_text())
     reg = Registry(art / "registry")

@@ -56,9 +56,9 @@ def test_requirements_follow_imports_transitively(root):
     assert reqs[0] == "nbs/pipeline/train.ipynb"
     assert {"volnb/train.py", "volnb/features.py", "volnb/models.py", "volnb/attention.py", "volnb/core.py",
             "conf/config.yaml", "conf/experiment/herremans.yaml", "conf/train", "conf/model", "conf/protocol"} <= set(reqs)
-    assert "conf/serve" not in reqs and "volnb/serving.py" not in reqs
+    assert "conf/serve" not in reqs and "volnb/registry.py" not in reqs
     spike = stage_requirements("spike_evaluate", root)
-    assert "conf/experiment/spike60s.yaml" in spike and "volnb/serving.py" in spike
+    assert "conf/experiment/spike60s.yaml" in spike and "volnb/registry.py" in spike
 
 
 def test_unknown_stage_is_a_clear_error(capsys):

@@ -69,7 +69,8 @@ def main(argv=None) -> int:
             from volnb.refresh import refresh_sources
             for src, path in refresh_sources(a.data_dir, a.sources, a.config).items(): print(f"{src}: {path}")
         elif a.cmd == "serve":
-            from volnb.serving import load_settings, run_predictor
+            from volnb.predictor import run_predictor
+            from volnb.service import load_settings
             replay = [Path(p) for p in a.replay] if a.replay else None
             for p in replay or []:
                 if not p.exists(): raise ValueError(f"replay file not found: {p}")
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                                   start=a.start, end=a.end, exit_after_feed=a.exit_after_feed)
             if stats: print(json.dumps(stats, default=str))
         else:
-            from volnb.serving import registry_command
+            from volnb.registry import registry_command
             print(registry_command(a.action, a.value, a.overrides, a.root))
     except ValueError as e:          # bad input, DataValidationError, RegistryError, ArtefactError: one clear line, exit status 2
         print(f"volnb: {e}", file=sys.stderr)

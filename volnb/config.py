@@ -203,7 +203,7 @@ class DriftSettings(BaseModel):
     ks_pvalue: float = 0.01
 
 class ServeSettings(BaseModel):
-    "The serving settings (Hydra group `serve`; see volnb.serving)."
+    "The serving settings (Hydra group `serve`; see volnb.service)."
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -1,0 +1,164 @@
+"""volnb.api: what a client and attacker test of `volnb serve` found (issue 10, section 2), request side.
+
+Repeated JSON keys, a body sent with a non-JSON Content-Type, feature values outside their physical domain,
+the rate limiter's pruning with many clients, and the log lines written off the request path. The artefacts
+are fitted with volnb.spike on its SYNTHETIC frame (random numbers shaped like the spike60s features).
+"""
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from volnb.api import FEATURE_DOMAINS, RateLimiter, configure_logging, create_app, stop_logging
+from volnb.config import ServeSettings
+from volnb.registry import Registry
+from volnb.spike import fit_spike_model, save_artefact, synthetic_spike_frame
+
+FEATURES = ["rv_1m", "rv_5m", "rv_15m", "rv_60m", "ret_5m", "hl_range", "volume_intensity"]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    d = tmp_path_factory.mktemp("api")
+    tr = synthetic_spike_frame(n=400, splits=("train",), seed=1)
+    reg = Registry(d / "registry")
+    for name, kind, params in (("z", "zscore", {"feature": "rv_5m"}), ("a", "logreg", {"C": 1.0, "max_iter": 500})):
+        m = fit_spike_model(kind, tr[FEATURES], tr.label, params)
+        save_artefact(m, d / name, features=FEATURES, meta={"threshold": 0.5, "data": "synthetic"}, reference=tr[FEATURES].to_numpy())
+        reg.register(d / name, baseline=(kind == "zscore"))
+    app = create_app(reg.root, ServeSettings(features=FEATURES, reload_interval_s=0.0, rate_limit_per_minute=0))
+    with TestClient(app) as c:
+        yield c
+
+
+def row(**kw):
+    return {**dict(zip(FEATURES, [0.001, 0.002, 0.003, 0.004, 0.0, 0.001, 1.0])), **kw}
+
+
+def post_text(c, text, content_type="application/json"):
+    return c.post("/predict", content=text.encode(), headers={"content-type": content_type})
+
+
+# ---------------------------------------------------------------------------------------------- repeated keys
+def test_repeated_json_key_in_a_row_is_422_naming_it(client):
+    second = json.dumps(row())[:-1] + ', "rv_5m": 0.5}'                 # the second row says rv_5m twice
+    text = '{"rows": [%s, %s]}' % (json.dumps(row()), second)
+    assert json.loads(text)["rows"][1]["rv_5m"] == 0.5                  # plain json keeps the last one silently
+    r = post_text(client, text)
+    assert r.status_code == 422
+    (e,) = r.json()["detail"]
+    assert (e["field"], e["loc"], e["type"]) == ("rows[1].rv_5m", ["body", "rows", 1, "rv_5m"], "duplicate_key")
+    assert "more than once" in e["msg"]
+
+
+def test_repeated_top_level_key_is_422(client):
+    r = post_text(client, '{"rows": [%s], "rows": [%s]}' % (json.dumps(row()), json.dumps(row(rv_1m=0.5))))
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "rows"
+
+
+# ---------------------------------------------------------------------------------------------- content type
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_wrong_content_type_says_what_is_wrong(client, ctype):
+    r = post_text(client, json.dumps({"rows": [row()]}), ctype)
+    assert r.status_code == 422
+    (e,) = r.json()["detail"]
+    assert (e["field"], e["type"]) == ("content-type", "content_type")
+    assert "application/json" in e["msg"] and ctype.split(";")[0] in e["msg"]
+    assert "dictionary" not in e["msg"]
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/json; charset=utf-8", "application/vnd.api+json"])
+def test_json_content_types_are_accepted(client, ctype):
+    assert post_text(client, json.dumps({"rows": [row()]}), ctype).status_code == 200
+
+
+def test_a_bad_row_sent_as_json_is_still_named_by_field(client):
+    r = post_text(client, json.dumps({"rows": [row(rv_1m="x")]}))
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "rows[0].rv_1m"
+
+
+# ---------------------------------------------------------------------------------------------- domains
+@pytest.mark.parametrize("field,value", [("rv_1m", -1e-12), ("rv_60m", -0.5), ("hl_range", -0.01), ("volume_intensity", -1.0),
+                                         ("volume_intensity", 60.000001)])
+def test_values_outside_the_physical_domain_are_422_naming_the_field(client, field, value):
+    r = client.post("/predict", json={"rows": [row(), row(**{field: value})]})
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["detail"]] == [f"rows[1].{field}"]
+
+
+@pytest.mark.parametrize("field,value", [("rv_1m", 0.0), ("volume_intensity", 60.0), ("volume_intensity", 0.0), ("ret_5m", -5.0),
+                                         ("ret_5m", 5.0), ("rv_60m", 1e308)])
+def test_values_on_the_domain_edges_are_scored(client, field, value):
+    assert client.post("/predict", json={"rows": [row(**{field: value})]}).status_code == 200
+
+
+def test_openapi_states_each_domain(client):
+    props = client.get("/openapi.json").json()["components"]["schemas"]["FeatureRow"]["properties"]
+    for f in FEATURES:
+        lo, hi = FEATURE_DOMAINS[f]
+        assert props[f].get("minimum") == lo and props[f].get("maximum") == hi, f
+
+
+def test_domains_hold_on_real_feature_rows(data_dir):
+    "The domains are physical: every feature row of the real spike60s bars (two months of Binance minutes) lies inside."
+    from volnb.core import compose_config
+    from volnb.intraday import bar_features, load_spike_bars
+    F = bar_features(load_spike_bars(compose_config("experiment=spike60s")))[FEATURES].dropna()
+    assert len(F) > 50_000
+    for f in FEATURES:
+        lo, hi = FEATURE_DOMAINS[f]
+        assert lo is None or F[f].min() >= lo, f
+        assert hi is None or F[f].max() <= hi, f
+    assert F["volume_intensity"].max() > 30 and F["ret_5m"].min() < 0        # the bounds are not vacuous here
+
+
+# ---------------------------------------------------------------------------------------------- rate limiter
+def test_rate_limiter_prunes_in_amortised_constant_time():
+    t = [0.0]
+    rl = RateLimiter(60, clock=lambda: t[0])                          # refills in 60 s
+    for i in range(20_000):                                           # 20,000 clients within one refill time
+        t[0] += 0.001
+        assert rl.take(f"10.0.{i // 256}.{i % 256}") == 0.0
+    assert len(rl.buckets) == 20_000                                  # none refilled yet: all kept
+    before = rl.examined
+    for i in range(1_000):
+        t[0] += 0.001
+        rl.take("attacker")
+    assert rl.examined - before <= 2 * 1_000                          # not 1,000 scans of 20,000 buckets
+    assert rl.take("attacker") > 0                                    # its bucket is still remembered and empty
+    t[0] += 61.0                                                      # a full refill later everyone is forgotten...
+    assert rl.take("new") == 0.0 and list(rl.buckets) == ["new"]
+    assert rl.examined - before <= 2 * 1_000 + 20_001 + 1             # ...each bucket looked at once more
+
+
+def test_rate_limiter_memory_is_bounded():
+    t = [0.0]
+    rl = RateLimiter(60, clock=lambda: t[0], max_clients=100)
+    for i in range(1_000): rl.take(f"c{i}")
+    assert len(rl.buckets) == 100 and "c999" in rl.buckets and "c0" not in rl.buckets
+
+
+def test_rate_limiter_state_survives_pruning_of_others():
+    t = [0.0]
+    rl = RateLimiter(2, clock=lambda: t[0])                           # 2 per minute: refill 60 s
+    assert [rl.take("a") for _ in range(2)] == [0.0, 0.0]
+    t[0] = 30.0
+    rl.take("b")                                                      # prunes nothing: a was seen 30 s ago
+    assert rl.take("a") == 0.0                                        # a has 1 token back after 30 s...
+    assert rl.take("a") == pytest.approx(30.0)                        # ...and no second one: the next in 30 s
+
+
+# ---------------------------------------------------------------------------------------------- logs
+def test_background_log_lines_are_all_written_in_order():
+    buf = io.StringIO()
+    h = configure_logging("info", buf, background=True)
+    try:
+        lg = logging.getLogger("volnb.serving.access")
+        for i in range(500): lg.info("request", extra={"fields": {"i": i, "latency_ms": 0.1}})
+    finally:
+        stop_logging(h)
+    lines = [json.loads(l) for l in buf.getvalue().splitlines()]
+    assert [l["i"] for l in lines] == list(range(500)) and all(l["msg"] == "request" for l in lines)

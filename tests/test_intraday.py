@@ -5,8 +5,11 @@ import pytest
 
 from volnb.core import DataValidationError, compose_config
 from volnb.data import load_minute_bars
-from volnb.intraday import (SPIKE_FEATURES, OnlineFeatures, bar_features, build_spike_dataset,
-                            load_spike_bars, next_minute_volatility, spike_threshold)
+from volnb.intraday import (FEATURE_BARS, HISTORY_BARS, SPIKE_FEATURES, OnlineFeatures, bar_features, build_spike_dataset,
+                            complete_history, labelled_rows, load_spike_bars, next_minute_volatility, required_history,
+                            spike_threshold)
+
+SHORT = ["rv_1m", "rv_5m", "ret_5m", "hl_range"]          # the short-window features: 6 bars of history
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +136,68 @@ def test_bad_input_names_the_problem(bars, cfg):
         bar_features(pd.concat([sl, sl.iloc[:1]]))
     with pytest.raises(DataValidationError, match="estimator"):
         next_minute_volatility(sl, "yang_zhang")
-    with pytest.raises(DataValidationError, match="experiment.features"):
+    with pytest.raises(DataValidationError, match="unknown feature 'funding'"):
         build_spike_dataset(compose_config(["experiment=spike60s", "experiment.features=[rv_1m,funding]"]))
+    bad = compose_config("experiment=spike60s")
+    bad.experiment.features, bad.experiment.history_bars = ["rv_1m"], 61
+    with pytest.raises(DataValidationError, match="experiment.history_bars"):
+        build_spike_dataset(bad)
+
+
+# ------------------------------------------------------------------------------------------------ history
+
+
+def test_feature_bars_are_the_bars_bar_features_reads(bars):
+    "FEATURE_BARS[f] is the bar at which f first exists on contiguous real bars; HISTORY_BARS = the config's = 61."
+    sl = bars.loc["2021-04-10 12:00":"2021-04-10 14:00"]
+    assert not sl["stale"].any() and len(sl) == 121
+    f = bar_features(sl)
+    assert {c: int(f[c].notna().to_numpy().argmax()) + 1 for c in f} == {c: FEATURE_BARS[c] for c in f}
+    assert all(f[c].iloc[FEATURE_BARS[c] - 1:].notna().all() for c in f)
+    assert HISTORY_BARS == required_history(SPIKE_FEATURES) == compose_config("experiment=spike60s").experiment.history_bars == 61
+    assert required_history(SHORT) == 6
+
+
+def test_config_history_bars_must_be_what_the_features_need():
+    "Checked where the history is used: the batch dataset and the live predictor."
+    from volnb.predictor import experiment_history_bars
+    with pytest.raises(ValueError, match=r"experiment.history_bars is 60: history_bars must be 61.*'rv_60m', reads 61"):
+        experiment_history_bars("experiment.history_bars=60")
+    with pytest.raises(DataValidationError, match=r"history_bars is 60, the features need 61"):
+        build_spike_dataset(compose_config("experiment=spike60s experiment.history_bars=60"))
+    with pytest.raises(ValueError, match=r"history_bars must be 6\b"):
+        experiment_history_bars(f"experiment.features=[{','.join(SHORT)}]")
+    with pytest.raises(ValueError, match=r"unknown feature 'funding'"):
+        experiment_history_bars("experiment.features=[rv_1m,funding] experiment.history_bars=2")
+    assert experiment_history_bars(f"experiment.features=[{','.join(SHORT)}] experiment.history_bars=6") == 6
+
+
+def test_online_rows_of_a_subset_start_after_its_history(bars):
+    "Four short-window features: the first row comes with the 6th bar and holds those four only, equal to batch."
+    sl = bars.loc["2021-04-10 12:00":"2021-04-10 12:19"]
+    online = OnlineFeatures(features=SHORT)
+    rows = [online.update(b) for b in sl.reset_index().to_dict("records")]
+    assert online.history_bars == 6 and [r is None for r in rows] == [True] * 5 + [False] * 15
+    assert all(list(r) == SHORT for r in rows[5:])
+    np.testing.assert_array_equal([list(r.values()) for r in rows[5:]], bar_features(sl)[SHORT].iloc[5:].to_numpy())
+    with pytest.raises(ValueError, match="'rv_60m' needs 61 contiguous bars"):
+        OnlineFeatures(history_bars=60)
+
+
+def test_batch_rows_need_the_same_contiguous_history_as_live_rows(bars):
+    "ret_5m reads only the closes 5 minutes apart, so across a one-minute hole a batch row would exist that the live"
+    "service (its history restarted at the hole) cannot give: the batch keeps exactly the live rows."
+    sl = bars.loc["2021-04-10 12:00":"2021-04-10 12:29"]
+    sl = sl.drop(sl.index[15])                                             # one missing minute
+    feats = ["ret_5m", "hl_range"]
+    batch = labelled_rows(sl, "parkinson", required_history(feats))[feats].dropna()
+    online = OnlineFeatures(features=feats)
+    live = {b["timestamp"]: r for b in sl.reset_index().to_dict("records") if (r := online.update(b)) is not None}
+    live = pd.DataFrame.from_dict(live, orient="index")[feats]
+    assert list(batch.index) == list(live.index) and np.array_equal(batch.to_numpy(), live.to_numpy())
+    assert len(bar_features(sl)[feats].dropna()) == len(batch) + 4          # without the check: 4 rows across the hole
+    # with every feature the check drops nothing that a missing feature does not already drop
+    full = bars.loc["2023-03-24 09:00":"2023-03-24 16:30"]
+    assert complete_history(full, HISTORY_BARS).equals(bar_features(full)["rv_60m"].notna())
     with pytest.raises(DataValidationError, match="quantile"):
         spike_threshold(pd.Series([1.0, 2.0]), 1.5)

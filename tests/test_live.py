@@ -782,6 +782,33 @@ def test_kline_drop_every_n_bars_gives_every_bar_once(i3):
     assert not live.incomplete.any()
 
 
+def test_replay_client_status_shows_the_servers_faults(i3):
+    "What a service's /live shows of a replay (volnb.api.feed_status): the client's reconnects, the server's faults."
+    from volnb.api import feed_status
+
+    async def main():
+        async with ReplayServer(i3.loc[START - 61 * MIN:START + 19 * MIN], start=START, faults="drop_every=6") as srv:
+            feed = FeedClient.replay(srv, backoff=0.01, backoff_max=0.05, seed=0)
+            n = len([b async for b in feed.bars()])
+            return n, feed
+    n, feed = asyncio.run(main())
+    status = json.loads(json.dumps(feed_status(feed)))                      # JSON-safe, as /live sends it
+    assert n == 20 and status["reconnects"] == 3 and status["duplicates"] == 0  # drops after kline 6, 12 and 18
+    assert status["replay"]["faults"] == "drop_every=6" and status["replay"]["sent"] == 20
+    assert status["replay"]["injected"] == {"drops": 3, "pauses": 0, "restarts": 0}
+    assert "replay" not in FeedClient("binance", stream="kline").status()     # a live client has no replay part
+
+
+def test_replay_history_bars_sets_the_default_start(i3):
+    "Without a start, a bar file keeps history_bars bars as history: HISTORY_BARS (61) unless given."
+    from volnb.intraday import HISTORY_BARS
+    assert ReplayServer(i3.iloc[:100]).bars.index[0] == i3.index[HISTORY_BARS]
+    srv = ReplayServer(i3.iloc[:100], history_bars=6)
+    assert srv.bars.index[0] == i3.index[6] and len(srv) == 94
+    with pytest.raises(ValueError, match="history_bars must be a whole number"):
+        ReplayServer(i3.iloc[:100], history_bars=-1)
+
+
 def test_pause_longer_than_the_watchdog_makes_the_client_reconnect(spot, batch0):
     "A 2-second silence on an open connection: a client with stale_after=0.5 s reconnects; one with 60 s waits."
     live, feed, srv = replay(spot[0], faults=parse_faults("pause_every=20000:2"), client_kw={"stale_after": 0.5, "max_reconnects": 20})

@@ -139,7 +139,8 @@ def test_health_version_live_contract(registry, serve, rows, artefacts):
     h = c.get("/health").json()
     assert (h["status"], h["model_variant"], h["requested_variant"], h["version"], h["kind"], h["reasons"]) == \
         ("ok", "ml", "ml", "v0002", "random_forest", [])
-    assert set(h["drift"]["features"]) == set(FEATURES) and h["drift"]["rows"] == 0 and h["drift"]["flagged"] is False
+    assert set(h["drift"]) == {"live"} and set(h["drift"]["live"]["features"]) == set(FEATURES)     # api appears with its first rows
+    assert (h["drift"]["live"]["rows"], h["drift"]["live"]["flagged"], h["drift"]["live"]["affects_status"]) == (0, False, True)
     v = c.get("/version").json()
     assert (v["version"], v["current"], v["history"], v["kind"], v["features"]) == ("v0002", "v0002", ["v0001"], "random_forest", FEATURES)
     assert v["metrics"] == {"validation": {"pr_auc": 0.12}}
@@ -170,9 +171,9 @@ def test_metrics_contract(registry, serve, rows):
     assert 'volnb_score_count{variant="ml"} 10.0' in m
     assert 'volnb_scored_rows_total{source="api",variant="ml"} 10.0' in m
     assert 'volnb_model_info{kind="random_forest",requested="ml",variant="ml",version="v0002"} 1.0' in m
-    assert "volnb_degraded 0.0" in m and "volnb_drift_window_rows 10.0" in m
-    for f in FEATURES:
-        for stat in ("psi", "ks", "ks_pvalue"): assert f'volnb_drift{{feature="{f}",stat="{stat}"}}' in m
+    assert "volnb_degraded 0.0" in m and 'volnb_drift_window_rows{source="api"} 10.0' in m and 'volnb_drift_window_rows{source="live"} 0.0' in m
+    assert 'volnb_drift_flagged{source="api"} 0.0' in m
+    assert not [l for l in m.splitlines() if l.startswith("volnb_drift{")]   # 10 rows < drift.min_rows: no statistics yet
 
 
 def test_openapi_published(registry, serve):
@@ -438,25 +439,38 @@ def test_registry_listing_and_errors(registry):
 
 # ---------------------------------------------------------------------------------------------- drift, logs
 def test_drift_flagged_on_health_and_metrics(registry, serve):
+    "Drift is kept per source: shifted /predict rows are reported under api; only live rows make /health degraded."
     ref = load_artefact(registry.path("v0002")).reference
     rows = ref[np.random.default_rng(0).choice(len(ref), 300, replace=False)]   # like the training rows
     c = serve(registry.root, drift=DriftSettings(window=500, min_rows=50))
     assert c.post("/predict", json=payload(rows)).status_code == 200
     h = c.get("/health").json()
-    assert h["status"] == "ok" and h["drift"]["rows"] == 300 and not h["drift"]["flagged"]
-    assert all(v["psi"] < 0.25 and v["ks_pvalue"] > 0.01 for v in h["drift"]["features"].values())
+    api, live = h["drift"]["api"], h["drift"]["live"]
+    assert h["status"] == "ok" and (api["source"], api["rows"], api["flagged"], api["affects_status"]) == ("api", 300, False, False)
+    assert all(v["psi"] < 0.25 and v["ks_pvalue"] > 0.01 for v in api["features"].values())
+    assert (live["rows"], live["affects_status"]) == (0, True)
     shifted = rows.copy()
     shifted[:, FEATURES.index("hl_range")] *= 20                    # a regime the reference never saw
-    assert c.post("/predict", json=payload(shifted)).status_code == 200     # the window: 200 old rows, 300 shifted
+    assert c.post("/predict", json=payload(shifted)).status_code == 200     # the api window: 200 old rows, 300 shifted
     h = c.get("/health").json()
-    assert h["status"] == "degraded" and h["drift"]["flagged"]
-    assert h["drift"]["features"]["hl_range"]["flagged"] and h["drift"]["features"]["hl_range"]["psi"] > 0.25
-    assert not h["drift"]["features"]["rv_5m"]["flagged"]
-    assert any(x.startswith("drift on hl_range") for x in h["reasons"])
+    api = h["drift"]["api"]
+    assert (h["status"], h["reasons"]) == ("ok", [])                # api drift is reported, not a reason
+    assert api["flagged"] and api["features"]["hl_range"]["flagged"] and api["features"]["hl_range"]["psi"] > 0.25
+    assert not api["features"]["rv_5m"]["flagged"] and h["drift"]["live"]["rows"] == 0
+    for x in shifted:                                               # what the live feed does, one row per closed bar
+        c.app.state.service.score_live(dict(zip(FEATURES, x)))
+    h = c.get("/health").json()
+    live = h["drift"]["live"]
+    assert h["status"] == "degraded" and (live["rows"], live["flagged"]) == (300, True)
+    assert live["features"]["hl_range"]["flagged"] and not live["features"]["rv_5m"]["flagged"]
+    assert h["reasons"] and all(" (source live): " in x for x in h["reasons"])
+    assert any(x.startswith("drift on hl_range (source live): PSI ") for x in h["reasons"]), h["reasons"]
     m = c.get("/metrics").text
-    assert "volnb_drift_flagged 1.0" in m
-    psi = float(next(l for l in m.splitlines() if l.startswith('volnb_drift{feature="hl_range",stat="psi"}')).split()[-1])
-    assert math.isclose(psi, h["drift"]["features"]["hl_range"]["psi"], rel_tol=1e-12)
+    assert 'volnb_drift_flagged{source="api"} 1.0' in m and 'volnb_drift_flagged{source="live"} 1.0' in m
+    assert "volnb_degraded 1.0" in m and 'volnb_drift_window_rows{source="live"} 300.0' in m
+    for src in ("api", "live"):
+        line = next(l for l in m.splitlines() if l.startswith(f'volnb_drift{{feature="hl_range",source="{src}",stat="psi"}}'))
+        assert math.isclose(float(line.split()[-1]), h["drift"][src]["features"]["hl_range"]["psi"], rel_tol=1e-12)
 
 
 def test_structured_json_log_per_request(registry, serve, rows):
@@ -535,3 +549,97 @@ def test_undecodable_body_is_422_naming_body(small):
     r = small.post("/predict", content=b"C\xff", headers={"content-type": "application/json"})
     assert r.status_code == 422
     assert r.json()["detail"][0]["field"] == "body"
+
+
+# ---------------------------------------------------------------------------------------------- drift per source, paths
+def test_repeated_row_on_predict_leaves_health_ok(registry, serve, rows):
+    "A load test posting one row 300 times fills the api window, flagged, but /health stays ok: api is not a health source."
+    c = serve(registry.root)
+    one = payload(rows[:1])
+    for _ in range(300): assert c.post("/predict", json=one).status_code == 200
+    h = c.get("/health").json()
+    assert (h["status"], h["reasons"]) == ("ok", [])
+    assert (h["drift"]["api"]["rows"], h["drift"]["api"]["flagged"], h["drift"]["api"]["affects_status"]) == (300, True, False)
+    assert (h["drift"]["live"]["rows"], h["drift"]["live"]["flagged"]) == (0, False)
+    m = c.get("/metrics").text
+    assert "volnb_degraded 0.0" in m and 'volnb_drift_flagged{source="api"} 1.0' in m and 'volnb_drift_flagged{source="live"} 0.0' in m
+
+
+def test_drift_statistics_need_min_rows(registry, serve, rows):
+    "Below drift.min_rows a source's report has its row count and min_rows only: no PSI or KS, no flag, no drift gauges."
+    c = serve(registry.root)                                        # min_rows 200
+    assert c.post("/predict", json=payload(rows[:3] * [1, 1, 1, 1, 1, 50, 1])).status_code == 200   # far off in hl_range
+    c.app.state.service.score_live(dict(zip(FEATURES, rows[0] * 50)))
+    h = c.get("/health").json()
+    assert (h["status"], h["reasons"]) == ("ok", [])
+    for src, n in (("api", 3), ("live", 1)):
+        d = h["drift"][src]
+        assert (d["rows"], d["min_rows"], d["flagged"], d["reference"]) == (n, 200, False, True)
+        assert d["features"] == {f: {"psi": None, "ks": None, "ks_pvalue": None, "flagged": False} for f in FEATURES}
+    m = c.get("/metrics").text
+    assert not [l for l in m.splitlines() if l.startswith("volnb_drift{")]
+    assert 'volnb_drift_window_rows{source="api"} 3.0' in m and 'volnb_drift_window_rows{source="live"} 1.0' in m
+
+
+def test_api_drift_can_count_for_health(registry, serve, rows):
+    "serve.drift.health_sources=[api, live]: drift on /predict rows makes /health degraded, naming the source."
+    assert load_settings().drift.health_sources == ["live"]
+    with pytest.raises(ValueError, match="health_sources"): DriftSettings(health_sources=["loadtest"])
+    c = serve(registry.root, drift=DriftSettings(window=500, min_rows=50, health_sources=["api", "live"]))
+    for _ in range(60): assert c.post("/predict", json=payload(rows[:1])).status_code == 200
+    h = c.get("/health").json()
+    assert h["status"] == "degraded" and h["drift"]["api"]["affects_status"]
+    assert h["reasons"] and all(x.startswith("drift on ") and " (source api): " in x for x in h["reasons"]), h["reasons"]
+
+
+DAMAGE = {     # what is done to the registry, and what /health must then say (relative to the registry)
+    "corrupt model": (lambda reg: _corrupt_model(reg, "v0002"), "artefact file versions/v0002/model.npz is corrupt"),
+    "missing model": (lambda reg: _delete_model(reg, "v0002"), "artefact file versions/v0002/model.npz is missing"),
+    "version removed": (lambda reg: _remove_version(reg, "v0002"), "artefact directory versions/v0002 is missing"),
+    "no baseline": (lambda reg: shutil.rmtree(reg.baseline_dir), "no baseline registered (baseline/ is missing)"),
+    "no current version": (lambda reg: reg.state_path.write_text('{"current": null}'), "no ML version is current in state.json"),
+    "state.json not JSON": (lambda reg: reg.state_path.write_text('{"current": "v0002"'), "cannot read state.json: "),
+    "state.json bad field": (lambda reg: reg.state_path.write_text('{"current": "/etc/passwd"}'), "state.json: field 'current'"),
+    "nothing answers": (lambda reg: (_corrupt_model(reg, "v0002"), shutil.rmtree(reg.baseline_dir)),
+                        "artefact file versions/v0002/model.npz is corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_client_messages_name_no_absolute_path(tmp_path, registry, serve, rows, case):
+    "/health reasons, /version and 503 details name the version and the file relative to the registry, not where it lives."
+    damage, expect = DAMAGE[case]
+    running = serve(registry.root)
+    assert running.post("/predict", json=payload(rows[:1])).status_code == 200
+    damage(registry)
+    fresh = serve(registry.root)                                    # started on the damaged registry
+    for c in (running, fresh):                                      # the running one re-reads state.json per request
+        h, v, p = c.get("/health"), c.get("/version"), c.post("/predict", json=payload(rows[:1]))
+        assert not [r.text for r in (h, v, p) if str(tmp_path) in r.text or str(tmp_path.resolve()) in r.text]
+    reasons = fresh.get("/health").json()["reasons"]
+    assert any(expect in x for x in reasons), reasons
+    if case == "nothing answers": assert p.status_code == 503 and expect in p.json()["detail"]
+
+
+def test_loader_and_predict_errors_are_redacted(tmp_path, registry, serve, rows):
+    "Text from the artefact loader or the model that holds the registry's path comes out relative to it."
+    def loader(path):
+        if Path(path).name == "v0002": raise OSError(f"[Errno 5] Input/output error: '{path}/model.npz'")
+        s = load_artefact(path)
+
+        class Exploding:
+            def __getattr__(self, k): return getattr(s, k)
+            def predict_proba(self, X): raise FloatingPointError(f"overflow reading {path}/model.npz")
+        return Exploding() if s.kind == "zscore" else s
+
+    c = serve(registry.root, loader=loader)
+    r = c.post("/predict", json=payload(rows[:1]))
+    assert r.status_code == 503 and "overflow reading baseline/model.npz" in r.json()["detail"] and str(tmp_path) not in r.text
+    h = c.get("/health")
+    want = "ml artefact v0002 could not be loaded: OSError: [Errno 5] Input/output error: 'versions/v0002/model.npz'"
+    assert any(x.startswith(want) for x in h.json()["reasons"]), h.json()["reasons"]
+    assert str(tmp_path) not in h.text
+    other = serve(registry.root, features=FEATURES[::-1])           # a service for other features than the artefacts'
+    h = other.get("/health")
+    assert any(x.startswith("ml artefact v0002 could not be loaded: RegistryError: artefact versions/v0002 has features") for x in h.json()["reasons"])
+    assert str(tmp_path) not in h.text and str(tmp_path) not in other.post("/predict", json=payload(rows[:1])).text

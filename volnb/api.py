@@ -11,7 +11,7 @@ __all__ = ['FEATURE_DOMAINS', 'KNOWN_PATHS', 'KNOWN_METHODS', 'access_log', 'ERR
            'feed_status', 'attach_feed', 'JsonFormatter', 'configure_logging', 'stop_logging', 'uvicorn_kwargs',
            'uvicorn_config', 'run_server', 'worker_app', 'serve']
 
-# %% ../nbs/14d_api.ipynb #33614668
+# %% ../nbs/14d_api.ipynb #d0fdeb07
 import atexit
 import json
 import logging
@@ -34,12 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .config import ServeSettings
+from .config import DRIFT_SOURCES, ServeSettings
 from .core import jsonable
 from .registry import now_iso
 from .service import Service, ServiceUnavailable, load_settings
 
-# %% ../nbs/14d_api.ipynb #470eb3f6
+# %% ../nbs/14d_api.ipynb #95fce8e7
 class Problem(BaseModel):
     "An error that is not about one field (413, 429, 503)."
     detail: str
@@ -71,7 +71,9 @@ class FeatureDrift(BaseModel):
     flagged: bool
 
 class DriftReport(BaseModel):
-    "Recent rows against the training reference, per feature."
+    "Recent rows of one source against the training reference, per feature; the statistics are null until `rows` reaches `min_rows`."
+    source: Literal[DRIFT_SOURCES]
+    affects_status: bool = Field(description="whether flagged drift on this source makes /health degraded (serve.drift.health_sources)")
     rows: int
     seen: int
     min_rows: int
@@ -88,7 +90,8 @@ class Health(BaseModel):
     version: Optional[str] = None
     kind: Optional[str] = None
     reasons: list[str]
-    drift: DriftReport
+    drift: dict[Literal[DRIFT_SOURCES], DriftReport] = Field(
+        description="per source of scored rows: api (POST /predict) and live (the feed); the health sources always, the others once they sent rows")
     uptime_s: float
 
 class VersionInfo(BaseModel):

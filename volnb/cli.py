@@ -13,7 +13,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['run_stage', 'main']
 
-# %% ../nbs/06_cli.ipynb #37947a25
+# %% ../nbs/06_cli.ipynb #e6bed23d
 def run_stage(name: str, overrides: str | None = None, out: str | None = None) -> Path:
     "Run pipeline stage `name` (see `volnb.stages.STAGES`) with extra Hydra `overrides`: the runner `dvc.yaml` uses."
     from volnb.stages import run_stage as _run
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     sv.add_argument("--start", default=None, help="first replayed minute of a bar file (UTC), e.g. 2023-04-20T13:00")
     sv.add_argument("--end", default=None, help="end (exclusive) of the replayed minutes of a bar file")
     sv.add_argument("--exit-after-feed", action="store_true", help="stop the server when the replay ends")
+    sv.add_argument("--replay-faults", default=None, metavar="FAULTS",
+                    help='faults the replay server injects, e.g. "drop_every=500,pause_every=300:2.5,restart_after=1000:1"')
     rg = sub.add_parser("registry", help="list, promote, roll back or switch the served model")
     rg.add_argument("action", choices=["list", "promote", "rollback", "variant", "register", "register-baseline"])
     rg.add_argument("value", nargs="?", default=None, help="a version (promote), ml|baseline (variant) or an artefact folder (register)")
@@ -69,13 +71,18 @@ def main(argv=None) -> int:
             from volnb.refresh import refresh_sources
             for src, path in refresh_sources(a.data_dir, a.sources, a.config).items(): print(f"{src}: {path}")
         elif a.cmd == "serve":
-            from volnb.predictor import run_predictor
+            from volnb.predictor import experiment_history_bars, run_predictor
+            from volnb.replay import parse_faults
             from volnb.service import load_settings
+            faults = None if a.replay_faults is None else parse_faults(a.replay_faults)
+            if faults and not a.replay: raise ValueError("--replay-faults needs --replay (the replay server injects the faults)")
             replay = [Path(p) for p in a.replay] if a.replay else None
             for p in replay or []:
                 if not p.exists(): raise ValueError(f"replay file not found: {p}")
-            stats = run_predictor(load_settings(a.overrides), replay=replay, exchange=a.live, speed=a.speed,
-                                  start=a.start, end=a.end, exit_after_feed=a.exit_after_feed)
+            settings = load_settings(a.overrides)
+            history = experiment_history_bars(a.overrides) if replay or a.live else None
+            stats = run_predictor(settings, replay=replay, exchange=a.live, speed=a.speed, start=a.start, end=a.end,
+                                  exit_after_feed=a.exit_after_feed, history_bars=history, replay_faults=faults)
             if stats: print(json.dumps(stats, default=str))
         else:
             from volnb.registry import registry_command

@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELINE_MODELS', 'ARCH_DISTS', 'ATTENTION_VARIANTS',
-           'POSITIONAL_ENCODINGS', 'ModelConfig', 'BACKTEST_STRATEGIES', 'ExperimentConfig', 'RefreshSource',
-           'GROUP_SCHEMAS', 'Schema', 'Paths', 'DataConfig', 'FeatureSpec', 'FeaturesConfig', 'BaselinesConfig',
-           'LSTMModel', 'TransformerModel', 'TrainConfig', 'ProtocolConfig', 'BacktestSchema', 'DriftSettings',
-           'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel', 'ZScoreParams', 'SpikeModelParams',
-           'Spike60sExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource',
-           'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config',
-           'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors',
-           'validate_config', 'override_error']
+           'POSITIONAL_ENCODINGS', 'ModelConfig', 'BACKTEST_STRATEGIES', 'DRIFT_SOURCES', 'ExperimentConfig',
+           'RefreshSource', 'GROUP_SCHEMAS', 'Schema', 'Paths', 'DataConfig', 'FeatureSpec', 'FeaturesConfig',
+           'BaselinesConfig', 'LSTMModel', 'TransformerModel', 'TrainConfig', 'ProtocolConfig', 'BacktestSchema',
+           'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel', 'ZScoreParams',
+           'SpikeModelParams', 'Spike60sExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource',
+           'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig',
+           'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override',
+           'config_sources', 'explain_errors', 'validate_config', 'override_error']
 
-# %% ../nbs/00a_config.ipynb #ac169051
+# %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
 import re
 import types
@@ -193,20 +193,24 @@ class BacktestSchema(Schema):
     bootstrap_seed: int
 
 # %% ../nbs/00a_config.ipynb #d144f1b7
+DRIFT_SOURCES = ("api", "live")   # where scored rows come from: POST /predict, the live feed
+
 class DriftSettings(BaseModel):
-    "When drift is flagged: the window of recent rows, PSI bins and levels."
+    "When drift is flagged: the window of recent rows, PSI bins and levels, and which sources can make /health degraded."
     model_config = ConfigDict(extra="forbid")
     window: int = Field(2000, ge=2)
     bins: int = Field(10, ge=2)
     min_rows: int = Field(200, ge=1)
     psi_level: float = 0.25
     ks_pvalue: float = 0.01
+    health_sources: list[Literal[DRIFT_SOURCES]] = ["live"]   # sources whose drift makes /health degraded; the others are only reported
 
 class ServeSettings(BaseModel):
     "The serving settings (Hydra group `serve`; see volnb.service)."
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (per-worker semantics: see volnb.api)")
     registry: Path = Path("reports/artifacts/spike60s/registry")
     features: Optional[list] = None            # None: taken from the artefacts
     rate_limit_per_minute: Optional[int] = Field(100, ge=0)   # 0 or None: no limit
@@ -219,7 +223,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #dc957819
+# %% ../nbs/00a_config.ipynb #edf3affd
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -265,7 +269,10 @@ class Spike60sExperiment(Schema):
     split: Split
     features: list[str] = Field(min_length=1)
     tick_features: list[str]
-    history_bars: int = Field(ge=2)
+    # must be volnb.intraday.required_history(features), 61 for all seven: checked where it is used
+    # (build_spike_dataset, volnb.predictor), so that the schemas import no feature code (and every stage's
+    # dependencies stay what it reads)
+    history_bars: int = Field(ge=1)
     label: SpikeLabel
     models: list[str] = Field(min_length=1)
     selection_metric: str

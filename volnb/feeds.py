@@ -32,7 +32,7 @@ class RetryClient(HttpClient):
     def __init__(self, *args, retry_after_max: float = 30.0, **kw):
         super().__init__(*args, retry_after_max=retry_after_max, **kw)
 
-# %% ../nbs/15d_feeds.ipynb #282d42a6
+# %% ../nbs/15d_feeds.ipynb #7fde50c1
 LIVE_URLS = {"binance": "wss://stream.binance.com:9443/stream?streams={s}@trade/{s}@bookTicker",
              "coinbase": "wss://ws-feed.exchange.coinbase.com"}
 KLINE_URL = "wss://stream.binance.com:9443/stream?streams={s}@kline_1m"
@@ -76,8 +76,9 @@ class FeedClient:
         self.last_error: str | None = None
         self.errors: deque = deque(maxlen=20)
         self.subscribed: list | None = None
+        self.replay_server: ReplayServer | None = None    # set by FeedClient.replay: its status is shown with ours
 
-# %% ../nbs/15d_feeds.ipynb #3a7c3bbc
+# %% ../nbs/15d_feeds.ipynb #5a47254c
 @patch(cls_method=True)
 def replay(cls: FeedClient, server: ReplayServer, **kw) -> "FeedClient":
     "A client of a running `ReplayServer` (its URL, symbol, REST endpoint and stream kind)."
@@ -85,9 +86,11 @@ def replay(cls: FeedClient, server: ReplayServer, **kw) -> "FeedClient":
     kw.setdefault("stream", server.kind)
     if server.kind == "kline" and server.speed > 0:      # one message a replayed minute: a longer silence is normal
         kw.setdefault("stale_after", max(60.0, 150.0 / server.speed))
-    return cls(server.exchange, url=server.url, symbol=symbol, rest_url=server.rest_url if server.exchange == "binance" else None, **kw)
+    client = cls(server.exchange, url=server.url, symbol=symbol, rest_url=server.rest_url if server.exchange == "binance" else None, **kw)
+    client.replay_server = server
+    return client
 
-# %% ../nbs/15d_feeds.ipynb #4a1a4327
+# %% ../nbs/15d_feeds.ipynb #71ae84c6
 @patch(as_prop=True)
 def stats(self: FeedClient) -> dict:
     "messages, reconnects, gaps, backfilled, late, duplicates, ... and the last message time (ns)."
@@ -104,7 +107,8 @@ def status(self: FeedClient) -> dict:
             **{k: v for k, v in s.items() if k != "last_message_ns"},
             "last_message_at": ts(self.last_message_ns),
             "last_bar": None if self.last_bar is None else self.last_bar["timestamp"].isoformat(),
-            "last_error": self.last_error}
+            "last_error": self.last_error,
+            **({} if self.replay_server is None else {"replay": self.replay_server.status()})}
 
 @patch
 def _error(self: FeedClient, text: str):

@@ -16,16 +16,32 @@ from .data import BAR_COLUMNS, load_minute_bars, merge_minute_bars
 from .features import assign_splits
 
 # %% auto #0
-__all__ = ['SPIKE_FEATURES', 'TICK_FEATURES', 'BAR_TICK_COLUMNS', 'HISTORY_BARS', 'MINUTE', 'window_sum', 'regular_grid',
-           'bar_features', 'next_minute_volatility', 'spike_threshold', 'load_spike_bars', 'labelled_rows',
+__all__ = ['SPIKE_FEATURES', 'TICK_FEATURES', 'BAR_TICK_COLUMNS', 'RV_WINDOWS', 'RET_WINDOW', 'VOLUME_WINDOW', 'FEATURE_BARS',
+           'MINUTE', 'HISTORY_BARS', 'required_history', 'window_sum', 'regular_grid', 'bar_features',
+           'next_minute_volatility', 'spike_threshold', 'load_spike_bars', 'complete_history', 'labelled_rows',
            'build_spike_dataset', 'OnlineFeatures']
 
-# %% ../nbs/12_intraday.ipynb #9f1c99a7
+# %% ../nbs/12_intraday.ipynb #724cf7da
 SPIKE_FEATURES = ["rv_1m", "rv_5m", "rv_15m", "rv_60m", "ret_5m", "hl_range", "volume_intensity"]
 TICK_FEATURES = ["spread_bps", "trade_intensity", "ob_imbalance"]
 BAR_TICK_COLUMNS = ["n_trades", "spread_bps", "ob_imbalance"]   # bar columns measured from trades and quotes
-HISTORY_BARS = 61   # bars one feature row needs: 60 one-minute returns
+RV_WINDOWS = (1, 5, 15, 60)   # minutes of the realised volatilities rv_<k>m
+RET_WINDOW = 5                # minutes of ret_5m
+VOLUME_WINDOW = 60            # bars in volume_intensity's mean
+# contiguous bars each feature reads: a k-minute return window needs k + 1 closes
+FEATURE_BARS = {**{f"rv_{k}m": k + 1 for k in RV_WINDOWS}, f"ret_{RET_WINDOW}m": RET_WINDOW + 1, "hl_range": 1,
+                "volume_intensity": VOLUME_WINDOW, **{f: 1 for f in TICK_FEATURES}}
 MINUTE = pd.Timedelta(minutes=1)
+
+def required_history(features: Sequence[str] | None = None) -> int:
+    "Contiguous bars a feature row of `features` (default SPIKE_FEATURES) needs: the longest window among them."
+    feats = list(SPIKE_FEATURES if features is None else features)
+    if not feats: raise ValueError("no features: a feature row needs at least one")
+    unknown = [f for f in feats if f not in FEATURE_BARS]
+    if unknown: raise ValueError(f"unknown feature {unknown[0]!r} (known: {', '.join(FEATURE_BARS)})")
+    return max(FEATURE_BARS[f] for f in feats)
+
+HISTORY_BARS = required_history(SPIKE_FEATURES)   # 61: 60 one-minute returns (rv_60m)
 
 def window_sum(x: np.ndarray, k: int) -> np.ndarray:
     "Sum of the last `k` values at each position (NaN for the first k-1 and wherever a NaN is in the window)."
@@ -62,11 +78,12 @@ def bar_features(bars: pd.DataFrame) -> pd.DataFrame:
     logc = np.log(c)
     r = np.full(len(g), np.nan); r[1:] = logc[1:] - logc[:-1]
     r2 = r * r
-    out = {f"rv_{k}m": np.sqrt(window_sum(r2, k)) for k in (1, 5, 15, 60)}
-    ret5 = np.full(len(g), np.nan); ret5[5:] = logc[5:] - logc[:-5]
-    out["ret_5m"] = ret5
+    out = {f"rv_{k}m": np.sqrt(window_sum(r2, k)) for k in RV_WINDOWS}
+    k = RET_WINDOW
+    ret = np.full(len(g), np.nan); ret[k:] = logc[k:] - logc[:-k]
+    out[f"ret_{k}m"] = ret
     out["hl_range"] = np.log(h / l)
-    mean_v = window_sum(v, 60) / 60
+    mean_v = window_sum(v, VOLUME_WINDOW) / VOLUME_WINDOW
     with np.errstate(divide="ignore", invalid="ignore"):
         out["volume_intensity"] = np.where(mean_v > 0, v / mean_v, np.nan)
     if "spread_bps" in g: out["spread_bps"] = g["spread_bps"].to_numpy(dtype=float)
@@ -93,16 +110,23 @@ def spike_threshold(rv_next: pd.Series, quantile: float) -> float:
     if x.empty: raise DataValidationError("no training rows to fix the spike threshold on", column="rv_next")
     return float(np.quantile(x.to_numpy(), quantile))
 
-# %% ../nbs/12_intraday.ipynb #d018b022
+# %% ../nbs/12_intraday.ipynb #aa705a38
 def load_spike_bars(cfg) -> pd.DataFrame:
     "The merged, de-duplicated Binance spot one-minute bars named in `cfg.experiment.bars.files`."
     data_dir = resolve_path(cfg, "data_dir")
     files = [data_dir / f for f in cfg.experiment.bars.files]
     return merge_minute_bars([load_minute_bars(f) for f in files], names=[str(f) for f in files])
 
-def labelled_rows(bars: pd.DataFrame, estimator: str) -> pd.DataFrame:
-    "Features plus next-minute volatility for every bar."
+def complete_history(bars: pd.DataFrame, history_bars: int) -> pd.Series:
+    "Whether each bar ends `history_bars` contiguous complete bars (no missing or stale minute), as a live row needs."
+    g = regular_grid(bars)
+    ok = g["close"].notna().to_numpy(dtype=float) if len(g) else np.zeros(0)
+    return pd.Series(window_sum(ok, int(history_bars)) == history_bars, index=g.index).reindex(bars.index)
+
+def labelled_rows(bars: pd.DataFrame, estimator: str, history_bars: int = HISTORY_BARS) -> pd.DataFrame:
+    "Features plus next-minute volatility for every bar; features NaN where `history_bars` contiguous bars are lacking."
     df = bar_features(bars)[SPIKE_FEATURES]
+    df.loc[~complete_history(bars, history_bars).to_numpy(), SPIKE_FEATURES] = np.nan
     df["rv_next"] = next_minute_volatility(bars, estimator)
     return df
 
@@ -112,12 +136,15 @@ def build_spike_dataset(cfg) -> pd.DataFrame:
     feats = list(e.features)
     unknown = [f for f in feats if f not in SPIKE_FEATURES]
     if unknown: raise DataValidationError(f"unknown feature {unknown[0]!r} (known: {SPIKE_FEATURES})", column="experiment.features")
-    main = labelled_rows(load_spike_bars(cfg), e.label.estimator)
+    hist = int(e.history_bars)
+    if hist != required_history(feats):
+        raise DataValidationError(f"history_bars is {hist}, the features need {required_history(feats)} bars", column="experiment.history_bars")
+    main = labelled_rows(load_spike_bars(cfg), e.label.estimator, hist)
     main["split"] = assign_splits(main.index, e.split)
     main["venue"] = "binance"
     parts = [main]
     if e.bars.get("cross_venue"):
-        cv = labelled_rows(load_minute_bars(resolve_path(cfg, "data_dir") / e.bars.cross_venue), e.label.estimator)
+        cv = labelled_rows(load_minute_bars(resolve_path(cfg, "data_dir") / e.bars.cross_venue), e.label.estimator, hist)
         cv["split"], cv["venue"] = "cross_venue", "binance_us"
         parts.append(cv)
     df = pd.concat(parts)
@@ -132,12 +159,18 @@ def build_spike_dataset(cfg) -> pd.DataFrame:
     df.attrs["quantile"] = float(e.label.quantile)
     return df
 
-# %% ../nbs/12_intraday.ipynb #ae896fd1
+# %% ../nbs/12_intraday.ipynb #30825234
 class OnlineFeatures:
     "Rolling bars of a live feed and the feature row of each new bar (None until enough contiguous history)."
-    def __init__(self, history_bars: int = HISTORY_BARS, features: Sequence[str] | None = None):
-        self.history_bars, self.features = history_bars, list(features or SPIKE_FEATURES)
-        self.bars: deque = deque(maxlen=history_bars)
+    def __init__(self, history_bars: int | None = None, features: Sequence[str] | None = None):
+        self.features = list(SPIKE_FEATURES if features is None else features)
+        need = required_history(self.features)
+        if history_bars is None: history_bars = need
+        if isinstance(history_bars, bool) or not isinstance(history_bars, (int, np.integer)) or history_bars < need:
+            longest = max(self.features, key=FEATURE_BARS.__getitem__)
+            raise ValueError(f"history_bars={history_bars!r} is too short: feature {longest!r} needs {need} contiguous bars")
+        self.history_bars = int(history_bars)
+        self.bars: deque = deque(maxlen=self.history_bars)
         self.resets = 0
 
     def update(self, bar: Mapping) -> dict | None:
@@ -152,5 +185,5 @@ class OnlineFeatures:
         if len(self.bars) < self.history_bars: return None
         frame = pd.DataFrame(list(self.bars)).set_index("timestamp")
         row = bar_features(frame).iloc[-1]
-        if row[self.features].isna().any(): return None
-        return {k: float(v) for k, v in row.items()}
+        if any(f not in row.index for f in self.features) or row[self.features].isna().any(): return None
+        return {f: float(row[f]) for f in self.features}

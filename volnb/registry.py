@@ -22,12 +22,12 @@ from fastcore.basics import patch
 from .config import ServeSettings
 from .core import DataValidationError, compose_config, fsync_dir, jsonable, make_temp_dir, replace_dir, sha256_file, split_overrides, write_json
 
-# %% ../nbs/14a_registry.ipynb #f0a9362e
+# %% ../nbs/14a_registry.ipynb #53fca1d9
 VERSION_RE = re.compile(r"^v\d{4,}$")
 VARIANTS = ("ml", "baseline")
 
 class RegistryError(ValueError):
-    "A registry problem; the message names the registry file, artefact or version at fault."
+    "A registry problem; the message names the version, or the file relative to the registry, at fault."
 
 def now_iso() -> str:
     "The current UTC time as ISO 8601 with milliseconds and a `Z`."
@@ -64,7 +64,7 @@ def _check_state(st, path) -> dict:
     if not isinstance(out["revision"], int): raise RegistryError(f"{path}: field 'revision' must be an integer")
     return out
 
-# %% ../nbs/14a_registry.ipynb #da21702e
+# %% ../nbs/14a_registry.ipynb #58e73725
 class Registry:
     "Versioned spike artefacts on disk: `versions/vNNNN/`, `baseline/` and `state.json` {current, history, variant}."
     def __init__(self, root, loader: Optional[Callable] = None):
@@ -79,14 +79,35 @@ def versions_dir(self: Registry) -> Path: return self.root / "versions"
 @patch(as_prop=True)
 def baseline_dir(self: Registry) -> Path: return self.root / "baseline"
 
-# %% ../nbs/14a_registry.ipynb #0993bdc3
+@patch
+def rel(self: Registry, path) -> str:
+    "`path` relative to the registry root, as posix text (`versions/v0002/model.npz`); its name if outside."
+    p = Path(path)
+    for a, b in ((p, self.root), (p.absolute(), self.root.absolute())):
+        try: return a.relative_to(b).as_posix()
+        except ValueError: pass
+    return p.name
+
+@patch
+def redact(self: Registry, text) -> str:
+    "`text` with the registry's absolute path cut out: files inside it named relative to it, the root as `<registry>`."
+    s = str(text)
+    forms = {str(self.root.absolute())}
+    try: forms.add(str(self.root.resolve()))
+    except OSError: pass
+    for root in sorted((f for f in forms if len(f) > 1), key=len, reverse=True):   # longest first: one may contain another
+        pat = re.escape(root) + "(" + re.escape(os.sep) + r"|(?![\w.-]))"          # the root itself, not /a/registry2
+        s = re.sub(pat, lambda m: "" if m.group(1) else "<registry>", s)
+    return s
+
+# %% ../nbs/14a_registry.ipynb #95fc705a
 @patch
 def state(self: Registry) -> dict:
     "The registry state from `state.json` (the empty state when the file does not exist yet)."
     if not self.state_path.exists(): return _empty_state()
     try: st = json.loads(self.state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise RegistryError(f"cannot read {self.state_path}: {e}") from e
-    return _check_state(st, self.state_path)
+    except (OSError, ValueError) as e: raise RegistryError(f"cannot read state.json: {self.redact(e)}") from e
+    return _check_state(st, "state.json")
 
 @patch
 def current(self: Registry) -> Optional[str]:
@@ -123,7 +144,7 @@ def _update(self: Registry, fn: Callable[[dict], Any], action: str) -> Any:
         self._write(st, action, out)
     return out
 
-# %% ../nbs/14a_registry.ipynb #6336505c
+# %% ../nbs/14a_registry.ipynb #6a3d35ca
 @patch
 def path(self: Registry, version: str) -> Path:
     "The directory of `version` (`'baseline'` for the baseline); refuses names that are not versions."
@@ -141,20 +162,20 @@ def record_path(self: Registry, version: str) -> Path:
 def record(self: Registry, version: str) -> dict:
     "The registration record of `version` (source, time, kind, features, metrics, sha256 per file)."
     p = self.record_path(version)
-    if not p.exists(): raise RegistryError(f"version {version} is not registered in {self.root} ({p} is missing)")
+    if not p.exists(): raise RegistryError(f"version {version} is not registered ({self.rel(p)} is missing)")
     try: return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise RegistryError(f"cannot read {p}: {e}") from e
+    except (OSError, ValueError) as e: raise RegistryError(f"cannot read {self.rel(p)}: {self.redact(e)}") from e
 
 @patch
 def verify(self: Registry, version: str) -> Path:
     "Check `version`'s files against their registered sha256s; return its directory or raise naming the file."
     d, files = self.path(version), self.record(version).get("files", {})
-    if not d.is_dir() or d.is_symlink(): raise RegistryError(f"artefact directory {d} is missing")
-    if not files: raise RegistryError(f"{self.record_path(version)}: field 'files' is empty")
+    if not d.is_dir() or d.is_symlink(): raise RegistryError(f"artefact directory {self.rel(d)} is missing")
+    if not files: raise RegistryError(f"{self.rel(self.record_path(version))}: field 'files' is empty")
     for name, digest in files.items():
         p = d / name
-        if p.is_symlink() or not p.is_file(): raise RegistryError(f"artefact file {p} is missing or not a regular file")
-        if sha256_file(p) != digest: raise RegistryError(f"artefact file {p} is corrupt: its sha256 differs from the registered one")
+        if p.is_symlink() or not p.is_file(): raise RegistryError(f"artefact file {self.rel(p)} is missing or not a regular file")
+        if sha256_file(p) != digest: raise RegistryError(f"artefact file {self.rel(p)} is corrupt: its sha256 differs from the registered one")
     return d
 
 @patch
@@ -213,12 +234,12 @@ def _push(st: dict, version: str) -> str:
         st["current"] = version
     return version
 
-# %% ../nbs/14a_registry.ipynb #09ceadd3
+# %% ../nbs/14a_registry.ipynb #915f3ff3
 @patch
 def _check_registered(self: Registry, version: str) -> str:
     "Raise unless `version` names a registered ML version."
     if version == "baseline" or not self.path(version).is_dir() or not self.record_path(version).exists():
-        raise RegistryError(f"version {version!r} is not registered in {self.versions_dir}")
+        raise RegistryError(f"version {version!r} is not registered (no versions/{version})")
     return version
 
 @patch
@@ -231,7 +252,7 @@ def promote(self: Registry, version: str) -> str:
 def rollback(self: Registry) -> str:
     "Make the previously current version current again; returns it."
     def pop(st):
-        if not st["history"]: raise RegistryError(f"nothing to roll back to: field 'history' of {self.state_path} is empty")
+        if not st["history"]: raise RegistryError("nothing to roll back to: field 'history' of state.json is empty")
         st["current"] = self._check_registered(st["history"].pop())
         return st["current"]
     return self._update(pop, "rollback")

@@ -6,11 +6,12 @@
 __all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'log', 'ScoreHistogram', 'ServiceMetrics', 'Loaded', 'Prediction',
            'ServiceUnavailable', 'row_from_mapping', 'Service']
 
-# %% ../nbs/14c_service.ipynb #8bbb22ea
+# %% ../nbs/14c_service.ipynb #9a5bfd9c
 import logging
 import math
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -19,12 +20,12 @@ import numpy as np
 from fastcore.basics import patch, patch_to
 
 from . import __version__
-from .config import DriftSettings, ServeSettings
+from .config import DRIFT_SOURCES, DriftSettings, ServeSettings
 from .core import DataValidationError, jsonable
-from .drift import DriftMonitor
+from .drift import DriftMonitor, DriftReference
 from .registry import Registry, RegistryError, load_settings, now_iso
 
-# %% ../nbs/14c_service.ipynb #e44cd5f0
+# %% ../nbs/14c_service.ipynb #38947fb4
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -32,15 +33,26 @@ class ScoreHistogram:
     "A Prometheus histogram of scores per variant, filled a whole batch at a time with numpy (a custom collector)."
     def __init__(self, name: str, doc: str, buckets: Sequence[float]):
         self.name, self.doc, self.bounds = name, doc, np.asarray(buckets, dtype=float)
-        self.counts, self.sums, self._lock = {}, {}, threading.Lock()
+        self._bounds = self.bounds.tolist()
+        self.counts, self.sums, self._lock = {}, {}, threading.Lock()   # variant -> counts per bucket (+Inf last), sum
 
     def observe_many(self, variant: str, x) -> None:
-        "Count every value of `x` in its bucket (value <= upper bound) under the label `variant`."
-        x = np.asarray(x, dtype=float)
-        c = np.bincount(np.searchsorted(self.bounds, x, side="left"), minlength=len(self.bounds) + 1)
+        "Count every (finite) value of `x` in its bucket (value <= upper bound) under the label `variant`."
+        x = np.asarray(x, dtype=float).reshape(-1)
+        if len(x) <= 32:                                     # a few values: bisect beats numpy's per-call cost
+            vals = x.tolist()
+            add, total = [bisect_left(self._bounds, v) for v in vals], sum(vals)
+        else:
+            c = np.bincount(np.searchsorted(self.bounds, x, side="left"), minlength=len(self.bounds) + 1)
+            add, total = None, float(x.sum())
         with self._lock:
-            self.counts[variant] = self.counts.get(variant, 0) + c
-            self.sums[variant] = self.sums.get(variant, 0.0) + float(x.sum())
+            counts = self.counts.get(variant)
+            if counts is None: counts = self.counts[variant] = [0] * (len(self.bounds) + 1)
+            if add is None:
+                for i, k in enumerate(c.tolist()): counts[i] += k
+            else:
+                for i in add: counts[i] += 1
+            self.sums[variant] = self.sums.get(variant, 0.0) + total
 
     def collect(self):
         "The histogram family (cumulative buckets, +Inf, sum, count) for the registry."
@@ -53,7 +65,7 @@ class ScoreHistogram:
             fam.add_metric([v], buckets, sum_value=total)
         yield fam
 
-# %% ../nbs/14c_service.ipynb #b6d1181a
+# %% ../nbs/14c_service.ipynb #35e5ae28
 class ServiceMetrics:
     "The service's Prometheus metrics, in a `CollectorRegistry` of its own (one per app, never the global one)."
     def __init__(self):
@@ -64,12 +76,21 @@ class ServiceMetrics:
         self.scores = ScoreHistogram("volnb_score", "Spike scores returned, by model variant.", SCORE_BUCKETS)
         r.register(self.scores)
         self.rows = Counter("volnb_scored_rows", "Feature rows scored, by variant and source (api or live).", ["variant", "source"], registry=r)
+        self._rows = {}           # (variant, source) -> the counter's child: .labels() costs more than .inc()
         self.fallbacks = Counter("volnb_fallbacks", "Times the ML model was replaced by the baseline, by stage (load or predict).", ["stage"], registry=r)
         self.model = Gauge("volnb_model_info", "1 for the model answering now (variant, version, kind) and the variant requested.", ["variant", "version", "kind", "requested"], registry=r)
         self.degraded = Gauge("volnb_degraded", "1 when /health says degraded or unavailable.", registry=r)
-        self.drift = Gauge("volnb_drift", "Drift of recent rows against the training reference, per feature and statistic (psi, ks, ks_pvalue).", ["feature", "stat"], registry=r)
-        self.drift_rows = Gauge("volnb_drift_window_rows", "Rows in the drift window.", registry=r)
-        self.drift_flagged = Gauge("volnb_drift_flagged", "1 when any feature's drift is beyond the configured levels.", registry=r)
+        self.drift = Gauge("volnb_drift", "Drift of a source's recent rows against the training reference, per feature and statistic "
+                           "(psi, ks, ks_pvalue); absent until the source's window holds drift.min_rows rows.", ["source", "feature", "stat"], registry=r)
+        self.drift_rows = Gauge("volnb_drift_window_rows", "Rows in the drift window of a source (api or live).", ["source"], registry=r)
+        self.drift_flagged = Gauge("volnb_drift_flagged", "1 when any feature's drift on a source is beyond the configured levels.", ["source"], registry=r)
+
+    def count_scored(self, variant: str, source: str, scores) -> None:
+        "Count one batch of scores (histogram) and rows (counter) for a variant and a source."
+        self.scores.observe_many(variant, scores)
+        child = self._rows.get((variant, source))
+        if child is None: child = self._rows[(variant, source)] = self.rows.labels(variant, source)
+        child.inc(len(scores))
 
     def render(self) -> bytes:
         "The metrics in Prometheus text format."
@@ -117,7 +138,7 @@ def row_from_mapping(features: dict, names: Sequence[str]) -> np.ndarray:
 
 log = logging.getLogger("volnb.serving")
 
-# %% ../nbs/14c_service.ipynb #b8aad37b
+# %% ../nbs/14c_service.ipynb #c7188918
 class Service:
     "Scores feature rows with the registry's current model, falls back to the baseline, and watches drift."
     def __init__(self, registry, settings: Optional[ServeSettings] = None, loader: Optional[Callable] = None):
@@ -131,11 +152,12 @@ class Service:
         self._state_bytes, self._checked = None, -math.inf
         self.ml = self.baseline = None
         self.requested, self.current = "ml", None
-        self.problems = {}            # slot ("state", "ml", "baseline") -> why it is unusable
-        self.drift = None
+        self.problems = {}            # slot ("state", "ml", "baseline", "drift") -> why it is unusable
+        self.drift = {}               # source ("api", "live") -> DriftMonitor, created on first use
+        self._reference = self._reference_of = None    # the prepared drift reference, and the model it came from
         self.reload(force=True)
 
-# %% ../nbs/14c_service.ipynb #be380a0f
+# %% ../nbs/14c_service.ipynb #3d31256b
 @patch
 def _load(self: Service, version: str, variant: str):
     "Load one artefact; returns (Loaded, None) or (None, why it failed)."
@@ -143,12 +165,12 @@ def _load(self: Service, version: str, variant: str):
         scorer = self.registry.load(version)
         feats = [str(f) for f in scorer.features]
         if self.features is not None and feats != self.features:
-            raise RegistryError(f"artefact {self.registry.path(version)} has features {feats}, the service serves {self.features}")
+            raise RegistryError(f"artefact {self.registry.rel(self.registry.path(version))} has features {feats}, the service serves {self.features}")
         if not math.isfinite(float(scorer.threshold)): raise RegistryError(f"artefact {version}: field 'threshold' is not finite")
         return Loaded(scorer, version, variant, self.registry.record(version)), None
-    except Exception as e:
+    except Exception as e:   # the log keeps the full text; what /health shows names files relative to the registry
         log.warning("artefact not loaded", extra={"fields": {"event": "load_failed", "version": version, "variant": variant, "error": str(e)}})
-        return None, f"{variant} artefact {version} could not be loaded: {type(e).__name__}: {e}"
+        return None, self.registry.redact(f"{variant} artefact {version} could not be loaded: {type(e).__name__}: {e}")
 
 @patch
 def reload(self: Service, force: bool = False) -> bool:
@@ -160,10 +182,10 @@ def reload(self: Service, force: bool = False) -> bool:
         self._state_bytes = raw
         try: st = self.registry.state()
         except RegistryError as e:
-            self.problems["state"] = f"{e}; serving what was loaded before"
+            self.problems["state"] = self.registry.redact(f"{e}; serving what was loaded before")
             if self.baseline is None and self.registry.baseline_dir.is_dir():   # the baseline needs no state
                 self.baseline, self.problems["baseline"] = self._load("baseline", "baseline")
-            self._ensure_drift()
+            self._require_features()
             self._use_reference(self.pick())
             return True
         self.problems.pop("state", None)
@@ -172,15 +194,15 @@ def reload(self: Service, force: bool = False) -> bool:
             if force or self.baseline is None or self.baseline.record.get("registered_at") != st["baseline"]:
                 self.baseline, self.problems["baseline"] = self._load("baseline", "baseline")
         else:
-            self.baseline, self.problems["baseline"] = None, f"no baseline registered in {self.registry.root}: nothing to fall back to"
+            self.baseline, self.problems["baseline"] = None, "no baseline registered (baseline/ is missing): nothing to fall back to"
         if st["current"] is None:
-            self.ml, self.problems["ml"] = None, f"no ML version is current in {self.registry.state_path}"
+            self.ml, self.problems["ml"] = None, "no ML version is current in state.json"
         elif force or self.ml is None or self.ml.version != st["current"] or self.problems.get("ml"):
             self.ml, self.problems["ml"] = self._load(st["current"], "ml")
             if self.ml is None: self.metrics.fallbacks.labels("load").inc()
         if self.features is None and (self.ml or self.baseline) is not None:
             self.features = [str(f) for f in (self.ml or self.baseline).scorer.features]
-        self._ensure_drift()
+        self._require_features()
         model = self.pick()
         self._use_reference(model)
         log.info("state loaded", extra={"fields": {"event": "reload", "requested": self.requested, "current": self.current,
@@ -195,7 +217,7 @@ def maybe_reload(self: Service) -> bool:
     self._checked = now
     return self.reload()
 
-# %% ../nbs/14c_service.ipynb #efe1a420
+# %% ../nbs/14c_service.ipynb #dd990673
 @patch
 def pick(self: Service) -> Optional[Loaded]:
     "The model that answers now: the requested variant if it works, else the other one."
@@ -204,22 +226,46 @@ def pick(self: Service) -> Optional[Loaded]:
     return base if base is not None else ml
 
 @patch
-def _ensure_drift(self: Service) -> None:
-    "Create the drift monitor once the feature list is known (it must be by now)."
+def _require_features(self: Service) -> None:
+    "Refuse to go on without a feature list (a start-up error for the operator, never shown to clients)."
     if self.features is None:
         raise RegistryError(f"no feature list: set serve.features or register a loadable artefact in {self.registry.root}")
-    if self.drift is None:
-        d = self.settings.drift
-        self.drift = DriftMonitor(self.features, d.window, d.bins, d.min_rows, d.psi_level, d.ks_pvalue)
 
+# %% ../nbs/14c_service.ipynb #8ab3ddc2
 @patch
 def _use_reference(self: Service, model: Optional[Loaded]) -> None:
-    "Compare drift against `model`'s training reference (none when no model answers)."
-    try: self.drift.set_reference(None if model is None else getattr(model.scorer, "reference", None))
+    "Compare every source's window with `model`'s training reference (none when no model answers)."
+    if model is self._reference_of and model is not None: return          # same model: prepared already
+    raw, ref = None if model is None else getattr(model.scorer, "reference", None), None
+    try: ref = None if raw is None else DriftReference(raw, len(self.features), self.settings.drift.bins)
     except DataValidationError as e: self.problems["drift"] = f"drift reference of {model.version} unusable: {e}"
     else: self.problems.pop("drift", None)
+    with self._lock:
+        self._reference, self._reference_of = ref, model
+        for m in self.drift.values(): m.set_reference(ref)
 
-# %% ../nbs/14c_service.ipynb #e14adcc5
+@patch
+def _monitor(self: Service, source: str) -> DriftMonitor:
+    "The drift window of `source` (one of `DRIFT_SOURCES`), created on first use."
+    m = self.drift.get(source)
+    if m is not None: return m
+    if source not in DRIFT_SOURCES: raise ValueError(f"unknown source {source!r}: expected one of {list(DRIFT_SOURCES)}")
+    with self._lock:
+        if source not in self.drift:
+            d = self.settings.drift
+            m = DriftMonitor(self.features, d.window, d.bins, d.min_rows, d.psi_level, d.ks_pvalue, source=source)
+            m.set_reference(self._reference)
+            self.drift = {**self.drift, source: m}          # a new dict: readers never see one that is changing
+        return self.drift[source]
+
+@patch
+def drift_report(self: Service) -> dict:
+    "Per source, its drift report and whether it counts for /health (`affects_status`); the health sources always appear."
+    hs = self.settings.drift.health_sources
+    for s in hs: self._monitor(s)
+    return {s: {**m.report(), "affects_status": s in hs} for s, m in sorted(self.drift.items())}
+
+# %% ../nbs/14c_service.ipynb #0e819aad
 @patch
 def _reasons(self: Service) -> list:
     "Why the service is not simply ok, one line each."
@@ -230,7 +276,8 @@ def _reasons(self: Service) -> list:
     if self.problems.get("baseline"): out.append(self.problems["baseline"])
     if self.requested == "baseline" and self.baseline is None and model is not None: out.append("the baseline was requested but the ml model answers")
     if self.problems.get("drift"): out.append(self.problems["drift"])
-    return out + self.drift.reasons()
+    drift = self.drift
+    return out + [r for s in self.settings.drift.health_sources if s in drift for r in drift[s].reasons()]
 
 @patch
 def health(self: Service) -> dict:
@@ -240,7 +287,7 @@ def health(self: Service) -> dict:
     status = "unavailable" if model is None else "degraded" if reasons else "ok"
     return {"status": status, "model_variant": None if model is None else model.variant, "requested_variant": self.requested,
             "version": None if model is None else model.version, "kind": None if model is None else model.kind,
-            "reasons": reasons, "drift": jsonable(self.drift.report()), "uptime_s": round(time.time() - self.started, 3)}
+            "reasons": reasons, "drift": jsonable(self.drift_report()), "uptime_s": round(time.time() - self.started, 3)}
 
 @patch
 def version_info(self: Service) -> dict:
@@ -263,17 +310,22 @@ def update_gauges(self: Service) -> None:
     m.model.clear()
     if model is not None: m.model.labels(model.variant, model.version, model.kind, self.requested).set(1)
     m.degraded.set(0 if h["status"] == "ok" else 1)
-    d = self.drift.report()
-    m.drift_rows.set(d["rows"]); m.drift_flagged.set(int(d["flagged"]))
-    for f, v in d["features"].items():
-        for stat in ("psi", "ks", "ks_pvalue"): m.drift.labels(f, stat).set(math.nan if v[stat] is None else v[stat])
+    m.drift.clear(); m.drift_rows.clear(); m.drift_flagged.clear()
+    for src, d in h["drift"].items():
+        m.drift_rows.labels(src).set(d["rows"]); m.drift_flagged.labels(src).set(int(d["flagged"]))
+        for f, v in d["features"].items():
+            for stat in ("psi", "ks", "ks_pvalue"):
+                if v[stat] is not None: m.drift.labels(src, f, stat).set(v[stat])   # null below min_rows: not exported
 
-# %% ../nbs/14c_service.ipynb #b75a4cb0
+# %% ../nbs/14c_service.ipynb #215453c2
 @patch_to(Service, static_method=True)
 def _score(model: Loaded, X: np.ndarray) -> np.ndarray:
     "Scores (n,) from one model, or an error if it raises or returns anything but n finite probabilities."
     p = np.asarray(model.scorer.predict_proba(X), dtype=float)
     if p.shape != (len(X),): raise ValueError(f"predict_proba returned shape {p.shape}, expected ({len(X)},)")
+    if len(p) <= 32:                                           # a few scores: Python compares them faster than numpy
+        if all(0.0 <= v <= 1.0 for v in p.tolist()): return p
+    elif p.min() >= 0.0 and p.max() <= 1.0: return p           # NaN fails both comparisons
     if not np.isfinite(p).all(): raise ValueError("predict_proba returned NaN or infinite scores")
     return np.clip(p, 0.0, 1.0)
 
@@ -284,24 +336,25 @@ def predict(self: Service, X, source: str = "api") -> Prediction:
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[1] != len(self.features):
         raise DataValidationError(f"expected rows of {len(self.features)} features, got shape {X.shape}", column="rows")
+    monitor = self.drift.get(source) or self._monitor(source)     # refuses an unknown source before scoring
     model = self.pick()
     if model is None: raise ServiceUnavailable("no model can answer: " + "; ".join(self._reasons()))
     try: scores = self._score(model, X)
     except Exception as e:
+        why = self.registry.redact(f"{type(e).__name__}: {e}")
         if model.variant != "ml" or self.baseline is None:
-            raise ServiceUnavailable(f"{model.variant} model {model.version} failed: {type(e).__name__}: {e}") from e
+            raise ServiceUnavailable(f"{model.variant} model {model.version} failed: {why}") from e
         with self._lock:
             if self.ml is model:
-                self.ml, self.problems["ml"] = None, f"ml artefact {model.version} raised at predict: {type(e).__name__}: {e}"
+                self.ml, self.problems["ml"] = None, f"ml artefact {model.version} raised at predict: {why}"
                 self.metrics.fallbacks.labels("predict").inc()
                 self._use_reference(self.baseline)
         log.error("ml predict failed, baseline answers", extra={"fields": {"event": "fallback", "version": model.version, "error": str(e)}})
         model = self.baseline
         try: scores = self._score(model, X)
-        except Exception as e2: raise ServiceUnavailable(f"baseline failed too: {type(e2).__name__}: {e2}") from e2
-    self.drift.add(X)
-    self.metrics.scores.observe_many(model.variant, scores)
-    self.metrics.rows.labels(model.variant, source).inc(len(X))
+        except Exception as e2: raise ServiceUnavailable(self.registry.redact(f"baseline failed too: {type(e2).__name__}: {e2}")) from e2
+    monitor.add(X)
+    self.metrics.count_scored(model.variant, source, scores)
     th = model.threshold
     return Prediction(scores, scores >= th, th, model.variant, model.version, model.kind)
 

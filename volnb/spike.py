@@ -38,7 +38,8 @@ def synthetic_spike_frame(n: int = 2000, splits: Sequence[str] = ("train", "vali
                           seed: int = 0, quantile: float = 0.95) -> pd.DataFrame:
     "SYNTHETIC (not market) data shaped like `build_spike_dataset`'s frame: `n` rows per split."
     rng = np.random.default_rng(seed)
-    m = n * len(splits) + 61
+    from volnb.intraday import HISTORY_BARS     # burn-in and tail: the history a real feature row needs
+    m = n * len(splits) + HISTORY_BARS
     h = np.empty(m); h[0] = 0.0
     eps = rng.standard_normal(m)
     for t in range(1, m): h[t] = 0.97 * h[t - 1] + 0.25 * eps[t]

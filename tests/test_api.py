@@ -162,3 +162,73 @@ def test_background_log_lines_are_all_written_in_order():
         stop_logging(h)
     lines = [json.loads(l) for l in buf.getvalue().splitlines()]
     assert [l["i"] for l in lines] == list(range(500)) and all(l["msg"] == "request" for l in lines)
+
+
+# ---------------------------------------------------------------------------------------------- explain, out of range
+def _saabas(estimator, x):
+    "Path contributions of a fitted sklearn RandomForestClassifier for one row, by a plain walk (P(class 1))."
+    bias, contrib = 0.0, np.zeros(len(x))
+    x32 = x.astype(np.float32)
+    for t in (e.tree_ for e in estimator.estimators_):
+        share = t.value[:, 0, 1] / t.value[:, 0, :].sum(axis=1)
+        node = 0
+        bias += share[0]
+        while t.children_left[node] != -1:
+            f = t.feature[node]
+            child = t.children_left[node] if x32[f] <= t.threshold[node] else t.children_right[node]
+            contrib[f] += share[child] - share[node]
+            node = child
+    n = len(estimator.estimators_)
+    return bias / n, contrib / n
+
+
+@pytest.fixture(scope="module")
+def forest(tmp_path_factory):
+    "A registry whose current model is a random forest (SYNTHETIC data), the fitted sklearn model, and a client."
+    d = tmp_path_factory.mktemp("forest")
+    tr = synthetic_spike_frame(n=600, splits=("train",), seed=4)
+    reg = Registry(d / "registry")
+    z = fit_spike_model("zscore", tr[FEATURES], tr.label, {"feature": "rv_5m"})
+    save_artefact(z, d / "z", features=FEATURES, meta={"threshold": 0.5}, reference=tr[FEATURES].to_numpy())
+    reg.register(d / "z", baseline=True)
+    rf = fit_spike_model("random_forest", tr[FEATURES], tr.label,
+                         {"n_estimators": 15, "max_depth": 5, "min_samples_leaf": 5, "random_state": 0})
+    save_artefact(rf, d / "rf", features=FEATURES, meta={"threshold": 0.5}, reference=tr[FEATURES].to_numpy())
+    reg.register(d / "rf")
+    app = create_app(reg.root, ServeSettings(features=FEATURES, reload_interval_s=0.0, rate_limit_per_minute=0))
+    with TestClient(app) as c:
+        yield c, rf.estimator, tr[FEATURES].to_numpy()
+
+
+def test_explain_gives_the_forest_path_contributions(forest):
+    c, est, ref = forest
+    X = synthetic_spike_frame(n=5, splits=("test",), seed=12)[FEATURES].to_numpy()
+    r = c.post("/predict?explain=true", json={"rows": [dict(zip(FEATURES, map(float, x))) for x in X]})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["contributions"]) == len(X)
+    for x, score, e in zip(X, body["scores"], body["contributions"]):
+        bias, contrib = _saabas(est, x)                                     # brute force, independent of volnb.spike
+        assert e["space"] == "probability"
+        assert e["bias"] == pytest.approx(bias, abs=1e-12)
+        assert [e["contributions"][f] for f in FEATURES] == pytest.approx(contrib.tolist(), abs=1e-12)
+        assert e["bias"] + sum(e["contributions"].values()) == pytest.approx(score, abs=1e-12)
+        assert score == pytest.approx(est.predict_proba(x[None, :])[0, 1], abs=1e-12)
+
+
+def test_explain_false_has_no_contributions(forest):
+    c, _, _ = forest
+    body = c.post("/predict?explain=false", json={"rows": [row()]}).json()
+    assert "contributions" not in body and body["out_of_range"] == []
+
+
+def test_rows_far_outside_the_training_range_are_flagged(forest):
+    c, _, ref = forest
+    lo, hi = ref.min(axis=0), ref.max(axis=0)
+    far_up = hi[0] + 1.01 * (hi[0] - lo[0])                                  # beyond max + width: far
+    near = hi[3] + 0.99 * (hi[3] - lo[3])                                    # within max + width: not far
+    rows = [row(), row(rv_1m=1e308), row(rv_1m=float(far_up), rv_60m=float(near)), row(volume_intensity=60.0, ret_5m=-3.0)]
+    r = c.post("/predict", json={"rows": rows})
+    assert r.status_code == 200 and len(r.json()["scores"]) == 4
+    assert r.json()["out_of_range"] == [{"row": 1, "fields": ["rv_1m"]}, {"row": 2, "fields": ["rv_1m"]},
+                                        {"row": 3, "fields": ["ret_5m", "volume_intensity"]}]

@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['FEATURE_DOMAINS', 'KNOWN_PATHS', 'KNOWN_METHODS', 'access_log', 'ERROR_RESPONSES', 'SETTINGS_ENV', 'Problem',
-           'FieldError', 'ValidationProblem', 'PredictResponse', 'FeatureDrift', 'DriftReport', 'Health', 'VersionInfo',
-           'LiveScore', 'LiveResponse', 'feature_field', 'request_models', 'field_name', 'field_error', 'is_json_type',
-           'validation_problem', 'http_problem', 'loads_unique', 'DuplicateKey', 'JsonRequest', 'JsonRoute',
-           'RateLimiter', 'retry_after', 'BodyTooLarge', 'send_problem', 'ServingMiddleware', 'create_app',
-           'feed_status', 'attach_feed', 'JsonFormatter', 'configure_logging', 'stop_logging', 'uvicorn_kwargs',
-           'uvicorn_config', 'run_server', 'worker_app', 'serve']
+           'FieldError', 'ValidationProblem', 'OutOfRange', 'Contribution', 'PredictResponse', 'FeatureDrift',
+           'DriftReport', 'Health', 'VersionInfo', 'LiveScore', 'LiveResponse', 'feature_field', 'request_models',
+           'field_name', 'field_error', 'is_json_type', 'validation_problem', 'http_problem', 'loads_unique',
+           'DuplicateKey', 'JsonRequest', 'JsonRoute', 'RateLimiter', 'retry_after', 'BodyTooLarge', 'send_problem',
+           'ServingMiddleware', 'create_app', 'feed_status', 'attach_feed', 'JsonFormatter', 'configure_logging',
+           'stop_logging', 'uvicorn_kwargs', 'uvicorn_config', 'run_server', 'worker_app', 'serve']
 
-# %% ../nbs/14d_api.ipynb #d0fdeb07
+# %% ../nbs/14d_api.ipynb #928a4bad
 import atexit
 import json
 import logging
@@ -35,11 +35,11 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from .config import DRIFT_SOURCES, ServeSettings
-from .core import jsonable
+from .core import DataValidationError, jsonable
 from .registry import now_iso
 from .service import Service, ServiceUnavailable, load_settings
 
-# %% ../nbs/14d_api.ipynb #95fce8e7
+# %% ../nbs/14d_api.ipynb #97e3c7ca
 class Problem(BaseModel):
     "An error that is not about one field (413, 429, 503)."
     detail: str
@@ -55,6 +55,19 @@ class ValidationProblem(BaseModel):
     "422: the request's fields that failed validation."
     detail: list[FieldError]
 
+class OutOfRange(BaseModel):
+    "A row with values far outside the answering model's training range (scored all the same)."
+    row: int = Field(description="index of the row in the request")
+    fields: list[str] = Field(description="the features beyond the training range widened by its width on each side")
+
+class Contribution(BaseModel):
+    "How much each feature moved one row's score: `bias + sum(contributions)` is the score in `space`."
+    space: Literal["probability", "log_odds", "z"] = Field(
+        description="probability (random forest), log_odds (logistic regression, gradient boosting: score = sigmoid), "
+                    "z (z-score baseline: score = Phi)")
+    bias: float = Field(description="the model's output before any feature (the trees' root values, the intercept, 0)")
+    contributions: dict[str, float]
+
 class PredictResponse(BaseModel):
     "Spike scores in request order, and the model that produced them."
     scores: list[float] = Field(description="probability that the next minute is a volatility spike, per row")
@@ -63,6 +76,8 @@ class PredictResponse(BaseModel):
     model_variant: Literal["ml", "baseline"]
     version: str = Field(description="registry version (v0001, ...) or 'baseline'")
     ts: datetime
+    out_of_range: list[OutOfRange] = Field(description="rows far outside the training range (usually none)")
+    contributions: Optional[list[Contribution]] = Field(None, description="per row, with ?explain=true only")
 
 class FeatureDrift(BaseModel):
     psi: Optional[float] = None
@@ -413,7 +428,7 @@ def _app_shell(service: Service, settings: ServeSettings) -> FastAPI:
     app.add_middleware(ServingMiddleware, service=service, settings=settings)
     return app
 
-# %% ../nbs/14d_api.ipynb #823a6931
+# %% ../nbs/14d_api.ipynb #f573d897
 def _add_predict(app: FastAPI, service: Service, settings: ServeSettings) -> None:
     "Add `POST /predict`: validated feature rows in, `Service.predict`'s scores out."
     _, PredictRequest = request_models(service.features, settings.max_rows)
@@ -422,14 +437,19 @@ def _add_predict(app: FastAPI, service: Service, settings: ServeSettings) -> Non
     @app.post("/predict", response_model=PredictResponse, summary="Score feature rows",
               responses={422: {"model": ValidationProblem, "description": "invalid rows; each entry names the field"},
                          503: {"model": Problem, "description": "no model can answer"}})
-    async def predict(body: PredictRequest, request: Request):
+    async def predict(body: PredictRequest, request: Request,
+                      explain: bool = Query(False, description="add each row's exact per-feature contributions")):
         X = np.array([[getattr(r, f) for f in feats] for r in body.rows])   # (n_rows, n_features)
-        try: p = service.predict(X)
+        try: p = service.predict(X, explain=explain)
         except ServiceUnavailable as e: return JSONResponse({"detail": str(e)}, status_code=503)
+        except DataValidationError as e:            # a row too extreme to explain in finite numbers
+            return JSONResponse({"detail": [{"field": "rows", "loc": ["body", "rows"], "msg": str(e), "type": "explain"}]},
+                                status_code=422)
         request.state.variant, request.state.version, request.state.rows = p.model_variant, p.version, len(X)
         # serialised here (the schema is PredictResponse's): skips a second validation of what was just built
         body = {"scores": p.scores.tolist(), "spikes": p.spikes.tolist(), "threshold": p.threshold,
-                "model_variant": p.model_variant, "version": p.version, "ts": now_iso()}
+                "model_variant": p.model_variant, "version": p.version, "ts": now_iso(), "out_of_range": p.out_of_range}
+        if p.contributions is not None: body["contributions"] = p.contributions.records()
         return Response(json.dumps(body, allow_nan=False).encode(), media_type="application/json")
 
 # %% ../nbs/14d_api.ipynb #8c6aac79

@@ -40,12 +40,32 @@ WARMUP = 100
 
 
 # ------------------------------------------------------------------------------------------------ server side
-def serve_main(root: str, port: int, workers: int = 1) -> None:
-    "Child process: run the server on `port` for the registry at `root`."
-    from volnb.api import run_server
+ABLATIONS = {
+    "no access log": "the access logger set to WARNING: no JSON line per request",
+    "constant scorer": "the model's predict_proba replaced by a constant (no tree traversal)",
+    "no middleware": "ServingMiddleware removed: no rate-limit check, size check, request metrics or access log",
+}
+
+
+def serve_main(root: str, port: int, workers: int = 1, ablation: str = "") -> None:
+    """Child process: run the server on `port` for the registry at `root`; `ablation` (one of ABLATIONS)
+    removes one component, to measure what it costs (benchmark only: never how the service runs)."""
+    import logging
+    from volnb.api import ServingMiddleware, create_app, run_server
     from volnb.service import load_settings
-    s = load_settings([f"serve.port={port}", "serve.rate_limit_per_minute=0", "serve.log_level=info", ] + ([f"serve.workers={workers}"] if workers > 1 else []))
-    run_server(s.model_copy(update={"registry": Path(root)}))
+    s = load_settings([f"serve.port={port}", "serve.rate_limit_per_minute=0", "serve.log_level=info"] +
+                      ([f"serve.workers={workers}"] if workers > 1 else []))
+    s = s.model_copy(update={"registry": Path(root)})
+    if not ablation: return run_server(s)
+    app = create_app(s.registry, s)
+    if ablation == "no access log": logging.getLogger("volnb.serving.access").setLevel(logging.WARNING)
+    elif ablation == "constant scorer":
+        for m in (app.state.service.ml, app.state.service.baseline): m.scorer.predict_proba = lambda X: np.full(len(X), 0.25)
+    elif ablation == "no middleware":
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not ServingMiddleware]
+        app.middleware_stack = None
+    else: raise ValueError(f"unknown ablation {ablation!r}")
+    run_server(s, app=app)
 
 
 def bare_main(port: int) -> None:
@@ -188,15 +208,16 @@ def pooled(parts: list) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--serve", nargs=3, metavar=("REGISTRY", "PORT", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs="+", metavar="ARG", help=argparse.SUPPRESS)     # REGISTRY PORT WORKERS [ABLATION]
     ap.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--requests", type=int, default=None, help="timed requests per scenario and round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every scenario on both servers, alternating")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 100])
     ap.add_argument("--workers", type=int, default=2, help="also measure the service with this many uvicorn workers (1: skip)")
+    ap.add_argument("--no-ablations", action="store_true", help="skip the one-row ablations (what each component costs)")
     args = ap.parse_args(argv)
-    if args.serve: return serve_main(args.serve[0], int(args.serve[1]), int(args.serve[2]))
+    if args.serve: return serve_main(args.serve[0], int(args.serve[1]), int(args.serve[2]), " ".join(args.serve[3:]))
     if args.serve_bare: return bare_main(args.serve_bare)
 
     from volnb.registry import Registry
@@ -211,6 +232,10 @@ def main(argv=None) -> None:
                  "bare": start(["--serve-bare", str(ports["bare"])], tmp / "bare.log")}
         if args.workers > 1:
             procs[targets[-1]] = start(["--serve", str(tmp / "registry"), str(ports[targets[-1]]), str(args.workers)], tmp / "workers.log")
+        ablations = [] if args.no_ablations else list(ABLATIONS)
+        for i, a in enumerate(ablations):
+            ports[a] = free_port()
+            procs[a] = start(["--serve", str(tmp / "registry"), str(ports[a]), "1", *a.split()], tmp / f"ablation{i}.log")
         try:
             for k in procs: wait_ready(ports[k], procs[k])
             mem_start = server_memory(procs["volnb"].pid)
@@ -237,16 +262,28 @@ def main(argv=None) -> None:
                     r.update(server=t, rows=n_rows, concurrency=c, body_bytes=len(bodies[n_rows]),
                              rows_per_s=r["req_per_s"] * n_rows, load_max=max(loads[(n_rows, c)]))
                     rows_out.append(r)
+            abl_rows = []
+            if ablations:                                    # one row, one client: the goal's scenario
+                order = ["bare", "volnb", *ablations]
+                abl_parts = {t: [] for t in order}
+                X = ref[np.random.default_rng(0).choice(len(ref), 1, replace=False)]
+                body1 = json.dumps({"rows": [dict(zip(feats, map(float, x))) for x in X]}).encode()
+                for rnd in range(args.rounds):
+                    for t in (order if rnd % 2 == 0 else order[::-1]):
+                        abl_parts[t].append(asyncio.run(run_scenario(ports[t], body1, args.requests or 2000, 1)))
+                        print("ablation", rnd, t, round(abl_parts[t][-1]["p50_ms"], 3), flush=True)
+                abl_rows = [{"server": t, **pooled(abl_parts[t])} for t in order]
             mem_end = server_memory(procs["volnb"].pid)
         finally:
             for p in procs.values(): stop(p)
         log_lines = sum(1 for _ in open(tmp / "server.log", "rb"))
-        write_report(rows_out, model, mem_start, mem_end, log_lines, argv, args.rounds, args.workers)
+        write_report(rows_out, model, mem_start, mem_end, log_lines, argv, args.rounds, args.workers, abl_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_report(rows: list, model: dict, mem_start: dict, mem_end: dict, log_lines: int, argv, rounds: int, workers: int) -> None:
+def write_report(rows: list, model: dict, mem_start: dict, mem_end: dict, log_lines: int, argv, rounds: int, workers: int,
+                 ablations: list = ()) -> None:
     "reports/benchmarks/serving.{csv,md}."
     import uvicorn, fastapi, pydantic  # noqa: E401
     cmd = "python scripts/bench_serving.py" + ("" if not argv and len(sys.argv) <= 1 else " " + " ".join(argv or sys.argv[1:]))
@@ -308,6 +345,19 @@ def write_report(rows: list, model: dict, mem_start: dict, mem_end: dict, log_li
             a, b = by[("volnb", n, c)], by[(wk, n, c)]
             md.append(f"| {n} | {c} | {a['req_per_s']:.0f} | {b['req_per_s']:.0f} | {b['req_per_s'] / a['req_per_s']:.2f}x | "
                       f"{a['p50_ms']:.3f} | {b['p50_ms']:.3f} |")
+    if ablations:
+        ab = {r["server"]: r for r in ablations}
+        full, bare = ab["volnb"], ab["bare"]
+        md += ["", "## Where the time goes (one row, one client)", "",
+               "Each line is the service with one component taken out (a separate server process started by this script; "
+               "never how the service runs), measured in the same rounds as the full service and the bare endpoint. The "
+               "saving is the full service's p50 minus the line's; what is left over the bare endpoint is request validation "
+               "and routing, `Service.predict` (drift window, score histogram, range flags) and the larger answer.", "",
+               "| server | p50 (ms) | p50 saved (ms) | p50 / bare | requests/s | what is taken out |", "|---|---:|---:|---:|---:|---|"]
+        for r in ablations:
+            what = ABLATIONS.get(r["server"], "nothing (the service as it runs)" if r["server"] == "volnb" else "everything but FastAPI's routing")
+            saved = "" if r["server"] in ("volnb", "bare") else f"{full['p50_ms'] - r['p50_ms']:.3f}"
+            md.append(f"| {r['server']} | {r['p50_ms']:.3f} | {saved} | {r['p50_ms'] / bare['p50_ms']:.2f}x | {r['req_per_s']:.0f} | {what} |")
     md += ["", "One worker serves one request at a time, so with 8 clients each request mostly waits for the 7 others: "
                "latency there is about 8 / (requests/s), queueing rather than slower scoring. uvicorn runs without the optional "
                "httptools/uvloop (not in the project's requirements).", "",

@@ -1,18 +1,16 @@
 """volnb.api: what a client and attacker test of `volnb serve` found (issue 10, section 2), request side.
 
 Repeated JSON keys, a body sent with a non-JSON Content-Type, feature values outside their physical domain,
-the rate limiter's pruning with many clients, and the log lines written off the request path. The artefacts
+the rate limiter's pruning with many clients, per-row explanations and out-of-range flags. The artefacts
 are fitted with volnb.spike on its SYNTHETIC frame (random numbers shaped like the spike60s features).
 """
-import io
 import json
-import logging
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from volnb.api import FEATURE_DOMAINS, RateLimiter, configure_logging, create_app, stop_logging
+from volnb.api import FEATURE_DOMAINS, RateLimiter, create_app
 from volnb.config import ServeSettings
 from volnb.registry import Registry
 from volnb.spike import fit_spike_model, save_artefact, synthetic_spike_frame
@@ -151,19 +149,6 @@ def test_rate_limiter_state_survives_pruning_of_others():
     assert rl.take("a") == pytest.approx(30.0)                        # ...and no second one: the next in 30 s
 
 
-# ---------------------------------------------------------------------------------------------- logs
-def test_background_log_lines_are_all_written_in_order():
-    buf = io.StringIO()
-    h = configure_logging("info", buf, background=True)
-    try:
-        lg = logging.getLogger("volnb.serving.access")
-        for i in range(500): lg.info("request", extra={"fields": {"i": i, "latency_ms": 0.1}})
-    finally:
-        stop_logging(h)
-    lines = [json.loads(l) for l in buf.getvalue().splitlines()]
-    assert [l["i"] for l in lines] == list(range(500)) and all(l["msg"] == "request" for l in lines)
-
-
 # ---------------------------------------------------------------------------------------------- explain, out of range
 def _saabas(estimator, x):
     "Path contributions of a fitted sklearn RandomForestClassifier for one row, by a plain walk (P(class 1))."
@@ -232,3 +217,44 @@ def test_rows_far_outside_the_training_range_are_flagged(forest):
     assert r.status_code == 200 and len(r.json()["scores"]) == 4
     assert r.json()["out_of_range"] == [{"row": 1, "fields": ["rv_1m"]}, {"row": 2, "fields": ["rv_1m"]},
                                         {"row": 3, "fields": ["ret_5m", "volume_intensity"]}]
+
+
+# ---------------------------------------------------------------------------------------------- several workers
+def test_two_workers_serve_and_a_feed_needs_one(tmp_path):
+    "`volnb serve` with serve.workers=2: both processes share the port and answer; a feed with 2 workers is refused."
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import httpx
+    d = tmp_path
+    tr = synthetic_spike_frame(n=400, splits=("train",), seed=5)
+    reg = Registry(d / "registry")
+    for name, kind, params in (("z", "zscore", {"feature": "rv_5m"}), ("a", "logreg", {"C": 1.0, "max_iter": 500})):
+        m = fit_spike_model(kind, tr[FEATURES], tr.label, params)
+        save_artefact(m, d / name, features=FEATURES, meta={"threshold": 0.5}, reference=tr[FEATURES].to_numpy())
+        reg.register(d / name, baseline=(kind == "zscore"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    ov = f"serve.registry={reg.root} serve.port={port} serve.workers=2 serve.rate_limit_per_minute=0"
+    cli = [sys.executable, "-c", "import sys; from volnb.cli import main; sys.exit(main())", "serve", "--overrides", ov]
+    bad = subprocess.run(cli + ["--replay", __file__], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "serve.workers > 1 cannot run with a feed" in bad.stderr and "Traceback" not in bad.stderr
+    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, up = time.monotonic() + 90, False
+        while time.monotonic() < deadline and not up:
+            try: up = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError: time.sleep(0.2)
+        assert up, "the workers did not start"
+        for _ in range(10):                                       # a new connection each: the kernel spreads them
+            r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": [row()]}, timeout=5)
+            assert r.status_code == 200 and r.json()["version"] == "v0001"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait(10)
+    err = proc.stderr.read()
+    assert err.count("Started server process") == 2               # two workers, one log line each at start-up

@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['experiment_history_bars', 'online_features', 'feed_predictor', 'run_predictor']
 
-# %% ../nbs/15e_predictor.ipynb #e3113db4
+# %% ../nbs/15e_predictor.ipynb #14a0379e
 import logging
 from typing import Optional
 
 from fastapi import FastAPI
 
-from .api import attach_feed, configure_logging, create_app, run_server, stop_logging, uvicorn_config
+from .api import attach_feed, configure_logging, create_app, run_server, uvicorn_config
 from .config import ServeSettings
 from .core import jsonable
 
@@ -65,7 +65,7 @@ async def feed_predictor(app: FastAPI, replay=None, exchange: str = "binance", s
         stats = await run_live(feed, online, score, warmup=n if srv.kind == "kline" else None)
         return {**stats, "injected": srv.injected}
 
-# %% ../nbs/15e_predictor.ipynb #36462fb0
+# %% ../nbs/15e_predictor.ipynb #94859484
 def run_predictor(settings: Optional[ServeSettings] = None, app: Optional[FastAPI] = None, replay=None,
                   exchange: Optional[str] = None, speed: float = 1.0, start=None, end=None,
                   exit_after_feed: bool = False, history_bars: Optional[int] = None, replay_faults=None) -> Optional[dict]:
@@ -83,7 +83,7 @@ def run_predictor(settings: Optional[ServeSettings] = None, app: Optional[FastAP
             raise ValueError("serve.workers > 1 cannot run with a feed: the feed scores into one process's service "
                              "(run the feed with one worker, or the workers without a feed)")
         if app is None: return run_server(settings)          # N uvicorn worker processes (volnb.api.worker_app)
-    log_handler = configure_logging(settings.log_level, background=True)
+    configure_logging(settings.log_level)
     app = app or create_app(settings.registry, settings)
     if replay is not None or exchange is not None:
         history_bars = online_features(app, history_bars).history_bars   # checked now, not when the feed starts
@@ -108,5 +108,4 @@ def run_predictor(settings: Optional[ServeSettings] = None, app: Optional[FastAP
             return None
         finally:
             if not feed.done(): feed.cancel()
-    try: return asyncio.run(main())
-    finally: stop_logging(log_handler)
+    return asyncio.run(main())

@@ -6,7 +6,7 @@ Measures messages per second for
   - end to end over a loopback WebSocket at speed 0: ReplayServer in a child process, FeedClient here
     (also with the server in the same process and event loop, and with three dropped connections + REST backfill),
   - kline mode: the one-minute file of PROVENANCE I3 (a month, 43,199 bars) played as `btcusdt@kline_1m` at speed 0
-    to a FeedClient in the same loop, and `run_live` with a 61-bar REST warm-up and OnlineFeatures (a feature row per bar),
+    to a FeedClient in the same loop, and `run_live` with a HISTORY_BARS-bar (61) REST warm-up and OnlineFeatures (a feature row per bar),
 and the peak resident memory of each process.
 
 Usage: .venv/bin/python scripts/bench_ingest.py [repeats]   (default 5)
@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from volnb.intraday import HISTORY_BARS     # bars one feature row needs (61): the warm-up and the replay start
 
 ROOT = Path(__file__).resolve().parents[1]
 I3 = ROOT / "data/intraday/btcusdt_1m_binance_spot_freqtrade_2023-04-05_2023-05-05.json.gz"
@@ -99,7 +101,7 @@ def kline_e2e():
     from volnb.replay import ReplayServer
     bars = load_minute_bars(I3)
     t0 = time.perf_counter()
-    srv = ReplayServer(bars, start=bars.index[61])
+    srv = ReplayServer(bars, start=bars.index[HISTORY_BARS])
     build = time.perf_counter() - t0
 
     async def main():
@@ -111,7 +113,7 @@ def kline_e2e():
 
 
 def kline_scoring(n_bars: int = 1_000):
-    "run_live on `n_bars` klines of I3 after a 61-bar REST warm-up, OnlineFeatures per bar: (bars, seconds, rows, warm-up s)."
+    "run_live on `n_bars` klines of I3 after a HISTORY_BARS-bar REST warm-up, OnlineFeatures per bar: (bars, seconds, rows, warm-up s)."
     from volnb.data import load_minute_bars
     from volnb.intraday import OnlineFeatures
     from volnb.feeds import FeedClient, run_live
@@ -120,10 +122,10 @@ def kline_scoring(n_bars: int = 1_000):
     rows = []
 
     async def main():
-        async with ReplayServer(bars, start=bars.index[61], end=bars.index[61 + n_bars]) as srv:
+        async with ReplayServer(bars, start=bars.index[HISTORY_BARS], end=bars.index[HISTORY_BARS + n_bars]) as srv:
             feed = FeedClient.replay(srv)
             t0 = time.perf_counter()
-            warm = await feed.warmup(61)
+            warm = await feed.warmup(HISTORY_BARS)
             t_warm = time.perf_counter() - t0
             st = await run_live(feed, OnlineFeatures(), lambda bar, f: rows.append(f), warmup=warm)
             return st["bars_out"], time.perf_counter() - t0, t_warm
@@ -183,7 +185,7 @@ def main(repeats: int):
     rows.append({"path": "kline mode: I3 one-minute file as btcusdt@kline_1m, server + client in one loop", "messages": n,
                  "seconds": secs, "bars": bars, "note": f"speed 0; building the {n:,} kline messages took {build:.2f} s"})
     n, secs, scored, t_warm = kline_scoring()
-    rows.append({"path": "kline mode: run_live, REST warm-up (61 bars) + OnlineFeatures per bar", "messages": n,
+    rows.append({"path": f"kline mode: run_live, REST warm-up ({HISTORY_BARS} bars) + OnlineFeatures per bar", "messages": n,
                  "seconds": secs, "bars": n, "note": f"{scored:,} feature rows (one per bar); warm-up {t_warm * 1e3:.0f} ms; "
                                                      f"{secs / n * 1e3:.2f} ms per bar incl. features"})
     for r in rows: r["msgs_per_s"] = r["messages"] / r["seconds"]

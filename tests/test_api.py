@@ -258,3 +258,26 @@ def test_two_workers_serve_and_a_feed_needs_one(tmp_path):
         except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait(10)
     err = proc.stderr.read()
     assert err.count("Started server process") == 2               # two workers, one log line each at start-up
+
+
+# ---------------------------------------------------------------------------------------------- registry CLI
+def test_readme_registry_walkthrough(tmp_path, capsys):
+    "The README's registry commands, on a copy of a one-version registry: rollback needs a second current version first."
+    from volnb.cli import main
+    tr = synthetic_spike_frame(n=400, splits=("train",), seed=6)
+    reg = Registry(tmp_path / "registry")
+    for name, kind, params in (("zscore", "zscore", {"feature": "rv_5m"}), ("random_forest", "random_forest", {"n_estimators": 5, "random_state": 0}),
+                               ("gradient_boosting", "gradient_boosting", {"n_estimators": 5, "random_state": 0})):
+        m = fit_spike_model(kind, tr[FEATURES], tr.label, params)
+        save_artefact(m, tmp_path / "models" / name, features=FEATURES, meta={"threshold": 0.5}, reference=tr[FEATURES].to_numpy())
+    reg.register(tmp_path / "models" / "zscore", baseline=True)
+    reg.register(tmp_path / "models" / "random_forest")                 # what the pipeline builds: v0001 current
+    root = ["--root", str(reg.root)]
+    assert main(["registry", "rollback", *root]) == 2                  # one version: nothing to roll back to
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert main(["registry", "register", str(tmp_path / "models" / "gradient_boosting"), *root]) == 0
+    assert reg.current() == "v0001"                                     # registered, not yet current
+    assert main(["registry", "promote", "v0002", *root]) == 0 and reg.current() == "v0002"
+    assert main(["registry", "rollback", *root]) == 0 and reg.current() == "v0001"
+    assert main(["registry", "variant", "baseline", *root]) == 0 and reg.state()["variant"] == "baseline"
+    assert main(["registry", "variant", "ml", *root]) == 0 and reg.state()["variant"] == "ml"

@@ -87,3 +87,12 @@ def test_replace_dir_keeps_the_old_dir_when_the_move_fails(tmp_path):
 def test_temp_names_do_not_collide(tmp_path):
     names = {make_temp_file(tmp_path, prefix=".a.").name for _ in range(200)} | {make_temp_dir(tmp_path).name for _ in range(50)}
     assert len(names) == 250 and all(n.startswith(".a.") and n.endswith(".tmp") for n in list(names) if n.startswith(".a."))
+
+
+def test_time_conversions_are_defined_once():
+    "utc_ms was written twice, differently (live, refresh): the data refresh and the live feed now share volnb.core's."
+    import volnb.refresh, volnb.replay
+    assert volnb.refresh.utc_ms is core.utc_ms and volnb.replay.utc_ms is core.utc_ms
+    assert volnb.refresh.utc_timestamp is core.utc_timestamp and volnb.refresh.ms_text is core.ms_text
+    assert core.utc_ms("2021-04-04 20:00") == 1617566400000 and core.utc_ms(None) is None
+    assert core.utc_ms(pd.Timestamp("2021-04-04 22:00", tz="Europe/Berlin")) == 1617566400000

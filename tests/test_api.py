@@ -281,3 +281,12 @@ def test_readme_registry_walkthrough(tmp_path, capsys):
     assert main(["registry", "rollback", *root]) == 0 and reg.current() == "v0001"
     assert main(["registry", "variant", "baseline", *root]) == 0 and reg.state()["variant"] == "baseline"
     assert main(["registry", "variant", "ml", *root]) == 0 and reg.state()["variant"] == "ml"
+
+
+def test_live_bars_far_outside_the_training_range_are_flagged(forest):
+    c, _, _ = forest
+    svc = c.app.state.service
+    assert svc.score_live(row())["out_of_range"] == []
+    entry = svc.score_live(row(rv_1m=1e308, volume_intensity=60.0))
+    assert entry["out_of_range"] == ["rv_1m", "volume_intensity"]
+    assert c.get("/live").json()["scores"][-1] == entry                 # /live answers it as recorded

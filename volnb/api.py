@@ -36,7 +36,7 @@ from .core import DataValidationError, jsonable
 from .registry import now_iso
 from .service import Service, ServiceUnavailable, load_settings
 
-# %% ../nbs/14d_api.ipynb #97e3c7ca
+# %% ../nbs/14d_api.ipynb #07e0b13a
 class Problem(BaseModel):
     "An error that is not about one field (413, 429, 503)."
     detail: str
@@ -127,6 +127,7 @@ class LiveScore(BaseModel):
     threshold: float
     model_variant: Literal["ml", "baseline"]
     version: str
+    out_of_range: list[str] = Field(description="features of this bar far outside the training range (usually none)")
 
 class LiveResponse(BaseModel):
     feed: Optional[dict[str, Any]] = Field(None, description="status of the attached live feed, null when none")

@@ -342,7 +342,7 @@ def update_gauges(self: Service) -> None:
             for stat in ("psi", "ks", "ks_pvalue"):
                 if v[stat] is not None: m.drift.labels(src, f, stat).set(v[stat])   # null below min_rows: not exported
 
-# %% ../nbs/14c_service.ipynb #121a70aa
+# %% ../nbs/14c_service.ipynb #aa46ee3e
 @patch_to(Service, static_method=True)
 def _score(model: Loaded, X: np.ndarray) -> np.ndarray:
     "Scores (n,) from one model, or an error if it raises or returns anything but n finite probabilities."
@@ -399,6 +399,7 @@ def score_live(self: Service, features: dict, bar_time=None) -> dict:
     bar = bar_time if bar_time is not None else \
         next((features[k] for k in ("bar_time", "open_time", "timestamp", "ts", "time") if k in features), None)
     entry = {"ts": now_iso(), "bar_time": None if bar is None else str(bar), "score": float(p.scores[0]),
-             "spike": bool(p.spikes[0]), "threshold": p.threshold, "model_variant": p.model_variant, "version": p.version}
+             "spike": bool(p.spikes[0]), "threshold": p.threshold, "model_variant": p.model_variant, "version": p.version,
+             "out_of_range": p.out_of_range[0]["fields"] if p.out_of_range else []}
     self.live.append(entry)
     return entry

@@ -43,7 +43,9 @@ def test_every_config_file_composes_and_fits(group, choice):
 def test_every_experiment_composes_with_other_choices(experiment, others):
     cfg = compose_config(f"experiment={experiment} {others}")
     assert type(validate_config(cfg).experiment).__name__ == {"herremans": "HerremansExperiment",
-                                                               "spike60s": "Spike60sExperiment"}[experiment]
+                                                               "spike60s": "Spike60sExperiment",
+                                                               "multitoken": "MultitokenExperiment",
+                                                               "multitoken_paper": "MultitokenExperiment"}[experiment]
 
 
 def test_experiment_model_names_exist():
@@ -158,9 +160,9 @@ def test_every_problem_is_listed(conf_copy):
 
 
 def test_an_experiment_without_a_schema_is_named(conf_copy):
-    (conf_copy / "experiment" / "multitoken.yaml").write_text("# @package _global_\nexperiment:\n  name: multitoken\n")
-    e = config_error(lambda: compose_config("experiment=multitoken", config_dir=conf_copy))
-    assert e.file.endswith("conf/experiment/multitoken.yaml") and "'herremans', 'spike60s'" in str(e)
+    (conf_copy / "experiment" / "orderbook.yaml").write_text("# @package _global_\nexperiment:\n  name: orderbook\n")
+    e = config_error(lambda: compose_config("experiment=orderbook", config_dir=conf_copy))
+    assert e.file.endswith("conf/experiment/orderbook.yaml") and "'herremans', 'spike60s', 'multitoken'" in str(e)
 
 
 # ------------------------------------------------------------------------------------------ overrides
@@ -289,3 +291,42 @@ def test_serving_uses_the_serve_schema():
     import volnb.service
     assert volnb.service.ServeSettings is C.ServeSettings and volnb.service.DriftSettings is C.DriftSettings
     assert C.GROUP_SCHEMAS["serve"] is C.ServeSettings
+
+
+# ------------------------------------------------------------------------------------------ experiment=multitoken
+def test_multitoken_profiles_compose():
+    "The CPU profile and the paper profile (which extends it): same cleaning and spans, all tokens, monthly refits."
+    cpu, paper = compose_config("experiment=multitoken").experiment, compose_config("experiment=multitoken_paper").experiment
+    assert isinstance(validate_config(compose_config("experiment=multitoken_paper")).experiment, C.MultitokenExperiment)
+    assert {"BTC", "ETH", "BNB"} <= set(cpu.tokens) and 12 <= len(cpu.tokens) <= 20 and paper.tokens is None
+    assert list(cpu.horizons) == [1, 4, 24] and cpu.split == paper.split and cpu.cleaning == paper.cleaning
+    assert (cpu.walk_forward.retrain_every_months, paper.walk_forward.retrain_every_months) == (3, 1)
+    assert list(cpu.split.test) == ["2022-01-01", "2023-12-31"]
+
+
+@pytest.mark.parametrize("old,new,key,text", [
+    ("ffill_max_hours: 4", "ffill_max_hour: 4", "experiment.cleaning.ffill_max_hour", "did you mean 'ffill_max_hours'?"),
+    ("retrain_every_months: 3", "retrain_every_month: 3", "experiment.walk_forward.retrain_every_month",
+     "did you mean 'retrain_every_months'?"),
+    ("jump_action: flag", "jump_action: drop", "experiment.cleaning.jump_action", "Input should be 'flag' or 'interpolate'"),
+    ("    action: segment", "    action: halt", "experiment.cleaning.breaks.1.action", "Input should be 'split', 'cut'"),
+])
+def test_multitoken_misspelt_key_is_named(conf_copy, old, new, key, text):
+    edit(conf_copy, "experiment/multitoken.yaml", old, new)
+    for exp in ("multitoken", "multitoken_paper"):
+        e = config_error(lambda: compose_config(f"experiment={exp}", config_dir=conf_copy))
+        assert e.file.endswith("conf/experiment/multitoken.yaml") and e.key == key, (e.file, e.key, str(e))
+        assert text in str(e), str(e)
+
+
+@pytest.mark.parametrize("ov,text", [
+    ("experiment.cleaning.breaks.0.new_token=null", "`new_token` is required with action 'split'"),
+    ("experiment.cleaning.breaks.1.at=null", "action 'segment' needs `at`"),
+    ("+experiment.cleaning.breaks.2.at=2022-01-17", "a delisted token's series ends by itself"),
+    ("experiment.tokens=[]", "experiment.tokens: List should have at least 1 item"),
+    ("experiment.horizons=[1,0]", "experiment.horizons.1: Input should be greater than or equal to 1"),
+    ("experiment.cleaning.ffill_max_hours=-1", "Input should be greater than or equal to 0"),
+])
+def test_multitoken_bad_values_are_named(ov, text):
+    e = config_error(lambda: compose_config(f"experiment=multitoken {ov}"))
+    assert e.file == f"override {ov!r}" and text in str(e), (e.file, str(e))

@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELINE_MODELS', 'ARCH_DISTS', 'ATTENTION_VARIANTS',
-           'POSITIONAL_ENCODINGS', 'ModelConfig', 'BACKTEST_STRATEGIES', 'DRIFT_SOURCES', 'ExperimentConfig',
-           'RefreshSource', 'GROUP_SCHEMAS', 'Schema', 'Paths', 'DataConfig', 'FeatureSpec', 'FeaturesConfig',
-           'BaselinesConfig', 'LSTMModel', 'TransformerModel', 'TrainConfig', 'ProtocolConfig', 'BacktestSchema',
-           'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel', 'ZScoreParams',
-           'SpikeModelParams', 'Spike60sExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource',
-           'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig',
-           'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override',
-           'config_sources', 'explain_errors', 'validate_config', 'override_error']
+           'POSITIONAL_ENCODINGS', 'ModelConfig', 'BACKTEST_STRATEGIES', 'DRIFT_SOURCES', 'PANEL_BREAK_ACTIONS',
+           'ExperimentConfig', 'RefreshSource', 'GROUP_SCHEMAS', 'Schema', 'Paths', 'DataConfig', 'FeatureSpec',
+           'FeaturesConfig', 'BaselinesConfig', 'LSTMModel', 'TransformerModel', 'TrainConfig', 'ProtocolConfig',
+           'BacktestSchema', 'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel',
+           'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
+           'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource',
+           'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config',
+           'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors',
+           'validate_config', 'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -223,7 +224,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #edf3affd
+# %% ../nbs/00a_config.ipynb #35d34523
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -279,7 +280,57 @@ class Spike60sExperiment(Schema):
     model_params: SpikeModelParams
     reference_rows: int = Field(ge=0)
 
-ExperimentConfig = Annotated[Union[HerremansExperiment, Spike60sExperiment], Field(discriminator="name")]
+PANEL_BREAK_ACTIONS = ("split", "cut", "segment", "delisted")
+
+class PanelBreak(Schema):
+    "A known break in one token's hourly series (volnb.panel.clean_panel applies it)."
+    token: str                          # without the USDT suffix, e.g. LUNA
+    action: Literal[PANEL_BREAK_ACTIONS]
+    at: Optional[IsoTime] = None        # split/cut/segment: the first hour of the new series
+    new_token: Optional[str] = None     # split: the name of the rows from `at` on
+    category: Optional[str] = None      # split: the new token's category (default: the old token's)
+    note: str
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.action in ("split", "cut", "segment") and self.at is None:
+            raise ValueError(f"break of {self.token!r}: action {self.action!r} needs `at`")
+        if (self.action == "split") != (self.new_token is not None):
+            raise ValueError(f"break of {self.token!r}: `new_token` is required with action 'split' and only there")
+        if self.action == "delisted" and self.at is not None:
+            raise ValueError(f"break of {self.token!r}: a delisted token's series ends by itself (no `at`)")
+        if self.category is not None and self.action != "split":
+            raise ValueError(f"break of {self.token!r}: `category` belongs to a split only")
+        return self
+
+class PanelCleaning(Schema):
+    "`experiment.cleaning`: the rules of volnb.panel.clean_panel (the Vayyasi paper's Section 5.2, on hourly bars)."
+    ffill_max_hours: int = Field(ge=0)          # a gap of at most this many missing hours is forward-filled
+    interpolate_max_hours: int = Field(ge=0)    # a longer gap of at most this many hours is interpolated
+    jump_threshold: float = Field(gt=0)         # a close more than this (relative) away from both neighbours
+    jump_action: Literal["flag", "interpolate"]
+    opening_burn_in_hours: int = Field(ge=0)    # hours dropped when a market opens (listing, relaunch, resumption)
+    listed_before: IsoTime                      # a first hour at or before this is the download window, not a listing
+    breaks: list[PanelBreak]
+
+class WalkForward(Schema):
+    "The expanding-window walk-forward inside `experiment.split`."
+    retrain_every_months: int = Field(ge=1)
+    validation_months: int = Field(ge=1)
+
+class MultitokenExperiment(Schema):
+    "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
+    name: Literal["multitoken", "multitoken_paper"]
+    tokens: Optional[Annotated[list[str], Field(min_length=1)]]   # raw tokens (no USDT suffix); null: every token
+    start: Optional[IsoTime]                    # null: the panel's first hour
+    end: Optional[IsoTime]                      # null: its last hour
+    cleaning: PanelCleaning
+    direction_excluded_categories: list[str]    # token categories left out of the direction study (kept otherwise)
+    horizons: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]   # hours ahead
+    split: Split                                # the walk-forward's first train and validation spans, and the test span
+    walk_forward: WalkForward
+
+ExperimentConfig = Annotated[Union[HerremansExperiment, Spike60sExperiment, MultitokenExperiment], Field(discriminator="name")]
 
 # %% ../nbs/00a_config.ipynb #dc32e8ce
 class HttpSettings(Schema):
@@ -419,7 +470,7 @@ GROUP_SCHEMAS = {"data": DataConfig, "features": FeaturesConfig, "baselines": Ba
                  "train": TrainConfig, "protocol": ProtocolConfig, "backtest": BacktestSchema, "serve": ServeSettings,
                  "experiment": ExperimentConfig, "refresh": RefreshConfig, "sweep": SweepConfig}
 
-# %% ../nbs/00a_config.ipynb #cb91caee
+# %% ../nbs/00a_config.ipynb #e1f07bf3
 class Problem(NamedTuple):
     "One config problem: where (a file or an override), the dotted key, and what is wrong."
     where: str
@@ -464,10 +515,10 @@ def _has(data, path: Sequence) -> bool:
     return True
 
 def parse_override(o: str) -> Optional[tuple]:
-    "(key path, is deletion) of an override such as `train.lr=1`, `+x.y=2`, `~a.b`; None when it has a package (`@`)."
+    "(key path, is deletion) of an override such as `train.lr=1`, `+x.y=2`, `~a.b`; None when it has a package (`@`). A list index is an int (`a.0.b`)."
     m = re.match(r"^(~|\+\+|\+)?([^=@]+?)(@[^=]*)?(=.*)?$", o.strip())
     if m is None or m.group(3): return None
-    return tuple(m.group(2).split(".")), m.group(1) == "~"
+    return tuple(int(p) if p.isdigit() else p for p in m.group(2).split(".")), m.group(1) == "~"
 
 def config_sources(overrides: Sequence[str] = (), config_dir=None, config_name: str = "config") -> list:
     "The files (in Hydra's merge order) and value overrides that compose the config, each with what it sets."
@@ -587,5 +638,5 @@ def override_error(exc: Exception, overrides: Sequence[str]) -> Optional[ConfigE
         if full[i] not in known: break
     else: return None
     path = full[:i + 1]
-    ov = next((o for o in overrides if (parse_override(o) or ((),))[0] == full), m.group(1))
+    ov = next((o for o in overrides if tuple(map(str, (parse_override(o) or ((),))[0])) == full), m.group(1))
     return ConfigError([Problem(f"override {ov!r}", _dotted(path), _describe("extra_forbidden", path, [], None))])

@@ -22,7 +22,7 @@ __all__ = ['STAGES', 'CONFIG_GROUPS', 'StagePaths', 'model_configs', 'model_labe
            'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'stage_requirements', 'missing_deps',
            'sync_deps']
 
-# %% ../nbs/16_stages.ipynb #393033de
+# %% ../nbs/16_stages.ipynb #920b1446
 class StagePaths:
     "The files and folders a stage of experiment `cfg.experiment.name` reads and writes, under `cfg.paths`."
     def __init__(self, cfg):
@@ -85,6 +85,12 @@ class StagePaths:
     @property
     def registry(self) -> Path: return self.artifacts / "registry"
 
+    # experiment=multitoken: the cleaned hourly panel of many tokens and the log of its cleaning
+    @property
+    def panel(self) -> Path: return self.prepare / "panel.parquet"
+    @property
+    def cleaning_log(self) -> Path: return self.prepare / "cleaning_log.csv"
+
 # %% ../nbs/16_stages.ipynb #f4d304d1
 def model_configs(overrides: str | Sequence[str] | None = None, models: Sequence[str] | None = None) -> dict:
     "`{name: cfg}` composed with `overrides` plus `model=<name>`, for `models` (default: `experiment.models`)."
@@ -99,7 +105,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #da4d6a0d
+# %% ../nbs/16_stages.ipynb #1e274945
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -125,6 +131,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("spike_prepare", overrides="experiment=spike60s"),
     _stage("spike_train", overrides="experiment=spike60s"),
     _stage("spike_evaluate", overrides="experiment=spike60s"),
+    _stage("multitoken_prepare", overrides="experiment=multitoken"),
     _stage("report", experiments="herremans spike60s"),
 ]}
 

@@ -105,7 +105,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #1e274945
+# %% ../nbs/16_stages.ipynb #dc735bd9
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -132,6 +132,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("spike_train", overrides="experiment=spike60s"),
     _stage("spike_evaluate", overrides="experiment=spike60s"),
     _stage("multitoken_prepare", overrides="experiment=multitoken"),
+    _stage("multitoken_baselines", overrides="experiment=multitoken"),
     _stage("report", experiments="herremans spike60s"),
 ]}
 

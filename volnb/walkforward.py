@@ -18,7 +18,7 @@ from .panel_features import WINDOWS, check_panel, panel_features, panel_targets
 # %% auto #0
 __all__ = ['VOL_MODELS', 'DIR_MODELS', 'Block', 'walk_forward_blocks', 'blocks_from_config', 'usable_rows', 'model_returns',
            'volatility_forecasts', 'return_features', 'direction_forecasts', 'evaluate_volatility',
-           'evaluate_direction', 'walk_forward', 'baseline_metrics']
+           'evaluate_direction', 'walk_forward', 'baseline_metrics', 'bootstrap_intervals']
 
 # %% ../nbs/19_walkforward.ipynb #66f7e063
 @dataclass(frozen=True)
@@ -271,4 +271,29 @@ def baseline_metrics(forecasts: pd.DataFrame, horizons: Sequence[int] = (1, 4, 2
                            "model": c[: -len(f"_{task}_{h}h")], **fn(f[f"{task}_{h}h"], f[c])}
                     if by is not None: row = {by: g, **row}
                     rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/19_walkforward.ipynb #9f74e754
+def bootstrap_intervals(forecasts: pd.DataFrame, horizons: Sequence[int] = (1, 4, 24), block_hours: int = 168,
+                        reps: int = 500, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """95 % moving-block bootstrap intervals (over test hours) of the pooled volatility MAPE and direction accuracy
+    of every forecast column of `walk_forward`'s output: task, horizon, model, metric, value, lo, hi."""
+    from arch.bootstrap import MovingBlockBootstrap
+    rows = []
+    for h in horizons:
+        for task, metric in (("vol", "mape"), ("dir", "accuracy")):
+            if f"{task}_{h}h" not in forecasts: continue
+            y = forecasts[f"{task}_{h}h"].to_numpy(float)
+            for c in [c for c in forecasts.columns if c.endswith(f"_{task}_{h}h") and c != f"{task}_{h}h"]:
+                f = forecasts[c].to_numpy(float)
+                ok = np.isfinite(y) & np.isfinite(f) & ((y > 0) if task == "vol" else True)
+                if not ok.any(): continue
+                loss = np.abs(f[ok] - y[ok]) / y[ok] if task == "vol" else ((f[ok] > 0.5) == (y[ok] > 0.5)).astype(float)
+                per = pd.DataFrame({"t": forecasts["timestamp"].to_numpy()[ok], "s": loss}).groupby("t")["s"].agg(["sum", "size"])
+                value = per["sum"].sum() / per["size"].sum()
+                bs = MovingBlockBootstrap(min(block_hours, len(per)), per["sum"].to_numpy(), per["size"].to_numpy(float), seed=seed)
+                ci = bs.conf_int(lambda a, b: np.array([a.sum() / b.sum()]), reps=reps, method="percentile", size=level)
+                rows.append({"task": "volatility" if task == "vol" else "direction", "horizon": f"{h}h",
+                             "model": c[: -len(f"_{task}_{h}h")], "metric": metric, "value": value,
+                             "lo": float(ci[0, 0]), "hi": float(ci[1, 0]), "hours": len(per)})
     return pd.DataFrame(rows)

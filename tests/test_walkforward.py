@@ -8,9 +8,10 @@ from sklearn.metrics import brier_score_loss, log_loss
 
 from volnb.core import compose_config, project_root
 from volnb.panel_features import panel_targets
-from volnb.walkforward import (Block, baseline_metrics, blocks_from_config, direction_forecasts, evaluate_direction,
-                               evaluate_volatility, model_returns, usable_rows, volatility_forecasts, walk_forward,
-                               walk_forward_blocks)
+from volnb.walkforward import (Block, baseline_metrics, blocks_from_config, direction_audit, direction_forecasts,
+                               direction_tests, evaluate_direction, evaluate_volatility, hourly_losses, model_returns,
+                               newey_west_dm, pesaran_timmermann, usable_rows, volatility_forecasts, volatility_tests,
+                               walk_forward, walk_forward_blocks)
 
 T = pd.Timestamp
 PANEL_CSV = project_root() / "data/binance_spot_usdt_1h_116tokens_2021-2023.csv.gz"
@@ -203,3 +204,165 @@ def test_baseline_metrics_table_shape(real):
     by = baseline_metrics(fc, (4,), by="token")
     assert sorted(by.token.unique()) == ["BTC", "ETH"] and by.groupby("model")["n"].sum().tolist() == \
         tab.set_index("model").loc[sorted(tab.model), "n"].tolist()
+
+
+# ---------------------------------------------------------------- tests of skill
+
+def pt_by_hand(n11, n10, n01, n00):
+    "PT statistic from the 2x2 counts (n_ab: a = outcome up, b = forecast up), the paper's formula written out."
+    n = n11 + n10 + n01 + n00
+    P, Py, Px = (n11 + n00) / n, (n11 + n10) / n, (n11 + n01) / n
+    Ps = Py * Px + (1 - Py) * (1 - Px)
+    vP = Ps * (1 - Ps) / n
+    vPs = (2 * Py - 1) ** 2 * Px * (1 - Px) / n + (2 * Px - 1) ** 2 * Py * (1 - Py) / n + 4 * Py * Px * (1 - Py) * (1 - Px) / n ** 2
+    return (P - Ps) / np.sqrt(vP - vPs), Ps
+
+
+def test_pesaran_timmermann_by_hand():
+    from scipy.stats import norm
+    # 8 hours, 3+3 agree, 1+1 disagree: P = 3/4, P* = 1/2, V(P) - V(P*) = 1/32 - 1/256, S = 4 / sqrt(7)
+    r = pesaran_timmermann([1, 1, 1, 1, 0, 0, 0, 0], [0.9, 0.6, 0.7, 0.2, 0.1, 0.3, 0.4, 0.8])
+    assert r["n"] == 8 and r["accuracy"] == 0.75 and r["expected_accuracy"] == 0.5
+    assert r["statistic"] == pytest.approx(4 / np.sqrt(7), rel=1e-12) and r["pvalue"] == pytest.approx(norm.sf(4 / np.sqrt(7)))
+    # an unbalanced table: 5 up/up, 2 up/down, 1 down/up, 4 down/down (n = 12), NaN pairs dropped
+    y = [1] * 7 + [0] * 5 + [np.nan]
+    p = [0.8] * 5 + [0.2] * 2 + [0.7] + [0.1] * 4 + [0.9]
+    r = pesaran_timmermann(y, p)
+    s, ps = pt_by_hand(5, 2, 1, 4)
+    assert r["n"] == 12 and r["accuracy"] == pytest.approx(9 / 12)
+    assert r["up_share"] == pytest.approx(7 / 12) and r["forecast_up_share"] == pytest.approx(6 / 12)
+    assert r["expected_accuracy"] == pytest.approx(ps) == pytest.approx(7 / 12 * 6 / 12 + 5 / 12 * 6 / 12)
+    assert r["statistic"] == pytest.approx(s, rel=1e-12) and r["reason"] == ""
+    assert pesaran_timmermann([1, 0], [0.5, 0.5])["forecast_up_share"] == 0.0     # 0.5 is not up
+
+
+def test_pesaran_timmermann_constant_and_bad_input():
+    r = pesaran_timmermann([1, 0, 1, 1], [1.0] * 4)
+    assert r["accuracy"] == 0.75 and np.isnan(r["statistic"]) and np.isnan(r["pvalue"]) and r["reason"] == "constant forecast"
+    assert pesaran_timmermann([1, 1, 1], [0.9, 0.1, 0.8])["reason"] == "constant outcome"
+    assert pesaran_timmermann([np.nan], [0.5])["reason"] == "no pairs"
+    with pytest.raises(ValueError, match="0 or 1"): pesaran_timmermann([1, 2], [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"): pesaran_timmermann([1, 0], [0.5, 1.2])
+    with pytest.raises(ValueError, match="differ in length"): pesaran_timmermann([1, 0], [0.5])
+
+
+def test_pesaran_timmermann_null_and_alternative():
+    rng = np.random.default_rng(0)
+    y = (rng.random(20_000) < 0.48).astype(float)
+    stats = [pesaran_timmermann(y, rng.random(20_000) * 0.8 + 0.15)["statistic"] for _ in range(20)]
+    assert all(abs(s) < 4 for s in stats)                                 # independent: N(0, 1)
+    assert abs(np.mean(stats)) < 4 / np.sqrt(20)
+    p = np.where(rng.random(20_000) < 0.55, y, 1 - y) * 0.4 + 0.3         # right 55 % of the time
+    r = pesaran_timmermann(y, p)
+    assert r["statistic"] > 10 and r["pvalue"] < 1e-20
+
+
+def test_pesaran_timmermann_against_statsmodels():
+    diag = pytest.importorskip("statsmodels.stats.diagnostic")
+    if not hasattr(diag, "pesaran_timmermann"): pytest.skip("this statsmodels has no pesaran_timmermann (added in 0.15)")
+    rng = np.random.default_rng(1)
+    y = (rng.random(5000) < 0.45).astype(float)
+    p = np.where(rng.random(5000) < 0.53, y, 1 - y) * 0.5 + 0.3 * rng.random(5000)
+    ours = pesaran_timmermann(y, p)
+    sm = diag.pesaran_timmermann(y - 0.5, p - 0.5, alternative="larger")   # statsmodels classifies by > 0
+    st = sm.res_store
+    assert ours["accuracy"] == pytest.approx(st.p_hat) and ours["expected_accuracy"] == pytest.approx(st.p_ind)
+    # statsmodels drops the paper's 4 Py Px (1-Py)(1-Px) / n^2 term: same statistic up to O(1/n)
+    assert ours["statistic"] == pytest.approx(sm.statistic, rel=1e-3) and ours["statistic"] > sm.statistic
+    assert ours["pvalue"] == pytest.approx(sm.pvalue, rel=1e-2)
+
+
+def test_direction_tests_per_token_and_pooled():
+    f = pd.DataFrame({"token": ["A"] * 8 + ["B"] * 4, "dir_1h": [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 1.0],
+                      "m_dir_1h": [0.9, 0.6, 0.7, 0.2, 0.1, 0.3, 0.4, 0.8, 0.7, 0.7, 0.7, 0.7], "k_dir_1h": 1.0})
+    t = direction_tests(f, (1,))
+    assert t[["scope", "token", "model"]].values.tolist() == [
+        ["pooled", "(pooled)", "m"], ["pooled", "(pooled)", "k"], ["token", "A", "m"], ["token", "A", "k"],
+        ["token", "B", "m"], ["token", "B", "k"]]
+    assert t.statistic[2] == pytest.approx(4 / np.sqrt(7))
+    s, _ = pt_by_hand(n11=6, n10=1, n01=2, n00=3)                          # pooled: A's 3/1/1/3 and B's 3/0/1/0
+    assert t.statistic[0] == pytest.approx(s) and t.n[0] == 12
+    assert t.loc[t.model == "k", "reason"].eq("constant forecast").all() and t.reason[4] == "constant forecast"
+    with pytest.raises(ValueError, match="dir_4h"): direction_tests(f, (4,))
+    with pytest.raises(ValueError, match="'asset'"): direction_tests(f, (1,), by="asset")
+
+
+def test_hourly_losses_by_hand():
+    f = pd.DataFrame({"token": ["A", "B"] * 3, "timestamp": np.repeat(pd.date_range("2022-01-01", periods=3, freq="h"), 2),
+                      "vol_1h": [0.01, 0.02, 0.03, 0.04, 0.05, 0.0]})
+    f["a_vol_1h"], f["b_vol_1h"] = f.vol_1h, 2 * f.vol_1h
+    f.loc[2, "b_vol_1h"] = np.nan                                            # row 2 has no b: left out for both models
+    L = hourly_losses(f, 1, "mape")
+    assert L.shape == (3, 2) and L["a"].tolist() == [0, 0, 0] and L["b"].tolist() == [1, 1, 1]
+    q = hourly_losses(f, 1, "qlike")["b"]                                    # ratio 1/4: 1/4 + ln 4 - 1 on every row
+    np.testing.assert_allclose(q, 0.25 + np.log(4) - 1)
+    assert hourly_losses(f, 1, "mse")["b"].iloc[0] == pytest.approx((0.01 ** 2 + 0.02 ** 2) / 2)
+    with pytest.raises(ValueError, match="unknown loss"): hourly_losses(f, 1, "mae")
+    with pytest.raises(ValueError, match="at least two"): hourly_losses(f[["token", "timestamp", "vol_1h", "a_vol_1h"]], 1)
+    with pytest.raises(ValueError, match=r"\['c'\]"): hourly_losses(f, 1, models=("a", "c"))
+
+
+def test_newey_west_dm_against_hand_formula():
+    rng = np.random.default_rng(2)
+    d = np.convolve(rng.normal(0.1, 1, 3000), np.ones(3) / 3, mode="valid")  # MA(2): autocorrelated
+    lags = 5
+    e = d - d.mean()
+    g = [e[k:] @ e[:len(e) - k] / len(e) for k in range(lags + 1)]
+    lrv = g[0] + 2 * sum((1 - k / (lags + 1)) * g[k] for k in range(1, lags + 1))   # Bartlett weights
+    stat, p = newey_west_dm(d, lags)
+    assert stat == pytest.approx(d.mean() / np.sqrt(lrv / len(d)), rel=1e-10)
+    from scipy.stats import norm
+    assert p == pytest.approx(2 * norm.sf(abs(stat)), rel=1e-8)
+    assert np.isnan(newey_west_dm(np.ones(10), 2)[0])
+
+
+def test_volatility_tests_find_the_biased_model():
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = np.exp(rng.normal(-4, 0.5, n))
+    e = rng.normal(0, 0.3, n)
+    f = pd.DataFrame({"token": "A", "timestamp": pd.date_range("2022-01-01", periods=n, freq="h"), "vol_1h": y,
+                      "a_vol_1h": y * np.exp(e), "b_vol_1h": y * np.exp(rng.normal(0.3, 0.3, n)), "c_vol_1h": y * np.exp(e[::-1])})
+    t = volatility_tests(f, (1,), reps=300, block=24).set_index("model")
+    assert list(t.columns) == ["horizon", "loss", "hours", "mean_loss", "best", "dm_stat", "dm_pvalue", "hac_lags",
+                               "mcs_pvalue", "in_mcs"]
+    best = t.best.iloc[0]
+    assert best in ("a", "c") and np.isnan(t.loc[best, "dm_stat"]) and t.loc[best, "mcs_pvalue"] == 1.0
+    other = {"a": "c", "c": "a"}[best]                                   # c's losses are a's permuted: a tie
+    assert t.loc[other, "dm_stat"] == pytest.approx(0, abs=1e-9) and t.loc[other, "in_mcs"]
+    assert t.loc["b", "dm_stat"] > 5 and t.loc["b", "dm_pvalue"] < 1e-6 and not t.loc["b", "in_mcs"]
+    assert t.hours.iloc[0] == n and t.hac_lags.iloc[0] == int(4 * (n / 100) ** (2 / 9))
+    assert volatility_tests(f, (1,), reps=50, hac_lags=3).hac_lags.eq(3).all()
+
+
+def test_direction_audit_on_hand_made_panel():
+    p = pd.concat([bars([100, 101] * 6, "ALT"),
+                   bars([100, 101, 102, 101, 101, 103, 100, 101, 102, 102], "MIX", filled=[False] * 4 + [True] + [False] * 5)],
+                  ignore_index=True)
+    f = p[["token", "timestamp"]].join(panel_targets(p, (1,)))
+    f = f[f.timestamp >= "2021-01-01 02:00"].copy()
+    f["logit_dir_1h"] = 0.7                                                    # always up
+    f.loc[f.token.eq("ALT") & (np.arange(len(f)) < 3), "logit_dir_1h"] = np.nan  # a late start for ALT
+    a = direction_audit(f, p).set_index("token")
+    assert a.loc["ALT", ["reversal_hit", "flat_1h"]].tolist() == [1.0, 0.0] and a.loc["ALT", "reversal_n"] == 9
+    assert a.loc["ALT", "ret_autocorr_1"] == pytest.approx(-1.0)
+    # ALT forecasts from 05:00 (close 101): up is right at the even hours 06, 08, 10 (from 100) -> 3 of 6 labelled hours;
+    # the rule says down after an up hour (05, 07, 09): the always-up forecast agrees with it at 06, 08, 10 only
+    assert a.loc["ALT", "logit_acc_1h"] == pytest.approx(3 / 6)
+    assert a.loc["ALT", "logit_agrees_reversal"] == pytest.approx(3 / 6)
+    # MIX closes 100 101 102 101 [101 filled, forward fill] 103 100 101 102 102 (hours 0..9); test hours 02..09.
+    # Last-hour returns valid (t-1 and t real): 02 +, 03 -, 06 -, 07 +, 08 +, 09 0; 04 and 05 touch the filled hour.
+    # Forward returns (targets): 02 -, 03 NaN (reads the filled hour), 04 +, 05 -, 06 +, 07 +, 08 0, 09 NaN (no next).
+    # Labelled hours 02, 04, 05, 06, 07, 08 (6), one flat (08). Rule where both are non-zero and valid:
+    # 02 (+ then -: hit), 06 (- then +: hit), 07 (+ then +: miss) -> 2 of 3.
+    tg = f.set_index(["token", "timestamp"]).loc["MIX", "fwd_ret_1h"].to_numpy()
+    assert np.isnan(tg[[1, 7]]).all() and (np.sign(tg[[0, 2, 3, 4, 5, 6]]) == [-1, 1, -1, 1, 1, 0]).all()
+    assert a.loc["MIX", "reversal_n"] == 3 and a.loc["MIX", "reversal_hit"] == pytest.approx(2 / 3)
+    assert a.loc["MIX", "hours"] == 6 and a.loc["MIX", "flat_1h"] == pytest.approx(1 / 6)
+    assert a.loc["MIX", "logit_acc_1h"] == pytest.approx(3 / 6)                # up at 04, 06, 07
+    # lag-1 autocorrelation on the test hours t with r_{t-1} and r_t valid: t = 02, 03, 07, 08, 09
+    lr = np.log
+    r = {1: lr(101 / 100), 2: lr(102 / 101), 3: lr(101 / 102), 6: lr(100 / 103), 7: lr(101 / 100), 8: lr(102 / 101), 9: 0.0}
+    pairs = np.array([(r[t - 1], r[t]) for t in (2, 3, 7, 8, 9)])
+    assert a.loc["MIX", "ret_autocorr_1"] == pytest.approx(np.corrcoef(pairs.T)[0, 1])
+    with pytest.raises(ValueError, match="fwd_ret_1h"): direction_audit(f.drop(columns="fwd_ret_1h"), p)

@@ -16,9 +16,10 @@ from scipy.special import xlogy
 from .panel_features import WINDOWS, check_panel, panel_features, panel_targets
 
 # %% auto #0
-__all__ = ['VOL_MODELS', 'DIR_MODELS', 'Block', 'walk_forward_blocks', 'blocks_from_config', 'usable_rows', 'model_returns',
-           'volatility_forecasts', 'return_features', 'direction_forecasts', 'evaluate_volatility',
-           'evaluate_direction', 'walk_forward', 'baseline_metrics', 'bootstrap_intervals']
+__all__ = ['VOL_MODELS', 'DIR_MODELS', 'VOL_LOSSES', 'Block', 'walk_forward_blocks', 'blocks_from_config', 'usable_rows',
+           'model_returns', 'volatility_forecasts', 'return_features', 'direction_forecasts', 'evaluate_volatility',
+           'evaluate_direction', 'walk_forward', 'baseline_metrics', 'bootstrap_intervals', 'pesaran_timmermann',
+           'direction_tests', 'hourly_losses', 'newey_west_dm', 'volatility_tests', 'direction_audit']
 
 # %% ../nbs/19_walkforward.ipynb #66f7e063
 @dataclass(frozen=True)
@@ -296,4 +297,161 @@ def bootstrap_intervals(forecasts: pd.DataFrame, horizons: Sequence[int] = (1, 4
                 rows.append({"task": "volatility" if task == "vol" else "direction", "horizon": f"{h}h",
                              "model": c[: -len(f"_{task}_{h}h")], "metric": metric, "value": value,
                              "lo": float(ci[0, 0]), "hi": float(ci[1, 0]), "hours": len(per)})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/19_walkforward.ipynb #0e9ffa44
+def pesaran_timmermann(y, p) -> dict:
+    """Pesaran–Timmermann (1992) test of directional accuracy of up-probabilities `p` (class p > 0.5) for 0/1 labels `y`,
+    over finite pairs: n, accuracy, expected_accuracy (P*), up_share, forecast_up_share, statistic, pvalue (one-sided), reason."""
+    from scipy.stats import norm
+    y, p = _pairs(y, p, "pesaran_timmermann")
+    if not np.isin(y, (0.0, 1.0)).all(): raise ValueError("direction labels must be 0 or 1")
+    if ((p < 0) | (p > 1)).any(): raise ValueError("probabilities must be in [0, 1]")
+    n = len(y)
+    out = {"n": n, "accuracy": np.nan, "expected_accuracy": np.nan, "up_share": np.nan, "forecast_up_share": np.nan,
+           "statistic": np.nan, "pvalue": np.nan, "reason": ""}
+    if n == 0: return {**out, "reason": "no pairs"}
+    x = (p > 0.5).astype(float)
+    P, Py, Px = float(np.mean(x == y)), float(y.mean()), float(x.mean())
+    Ps = Py * Px + (1 - Py) * (1 - Px)
+    vP = Ps * (1 - Ps) / n
+    vPs = ((2 * Py - 1) ** 2 * Px * (1 - Px) / n + (2 * Px - 1) ** 2 * Py * (1 - Py) / n
+           + 4 * Py * Px * (1 - Py) * (1 - Px) / n ** 2)
+    out.update(accuracy=P, expected_accuracy=Ps, up_share=Py, forecast_up_share=Px)
+    if Px in (0.0, 1.0): return {**out, "reason": "constant forecast"}
+    if Py in (0.0, 1.0): return {**out, "reason": "constant outcome"}
+    var = vP - vPs
+    if not var > 0: return {**out, "reason": "non-positive variance (too few pairs)"}
+    s = (P - Ps) / np.sqrt(var)
+    return {**out, "statistic": float(s), "pvalue": float(norm.sf(s))}
+
+# %% ../nbs/19_walkforward.ipynb #4baf049b
+def _model_columns(forecasts: pd.DataFrame, task: str, h: int) -> list[str]:
+    return [c for c in forecasts.columns if c.endswith(f"_{task}_{h}h") and c != f"{task}_{h}h" and c != f"fwd_ret_{h}h"]
+
+def direction_tests(forecasts: pd.DataFrame, horizons: Sequence[int] = (1, 4, 24), by: str = "token") -> pd.DataFrame:
+    """Pesaran–Timmermann test of every direction forecast `{model}_dir_{h}h`, per `by` group and pooled: scope, `by`,
+    horizon, model and `pesaran_timmermann`'s fields."""
+    if by not in forecasts.columns: raise ValueError(f"forecasts lack the column {by!r} to group by")
+    rows = []
+    for h in horizons:
+        if f"dir_{h}h" not in forecasts.columns: raise ValueError(f"forecasts lack the target column dir_{h}h")
+        cols = _model_columns(forecasts, "dir", h)
+        groups = [("pooled", "(pooled)", forecasts)] + [("token" if by == "token" else by, g, f)
+                                                        for g, f in forecasts.groupby(by, sort=True)]
+        for scope, g, f in groups:
+            for c in cols:
+                rows.append({"scope": scope, by: g, "horizon": f"{h}h", "model": c[: -len(f"_dir_{h}h")],
+                             **pesaran_timmermann(f[f"dir_{h}h"], f[c])})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/19_walkforward.ipynb #97d0992c
+VOL_LOSSES = ("qlike", "mape", "mse")
+
+def _vol_loss(y: np.ndarray, f: np.ndarray, loss: str) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if loss == "qlike":
+            ratio = y * y / (f * f)
+            return np.where(f > 0, ratio - np.log(ratio) - 1, np.inf)
+        if loss == "mape": return np.abs(f - y) / y
+        return (f - y) ** 2
+
+def hourly_losses(forecasts: pd.DataFrame, h: int, loss: str = "qlike", models: Sequence[str] | None = None) -> pd.DataFrame:
+    "Hours x models matrix of the mean over tokens of each volatility model's loss at horizon `h`, on rows where every model has a forecast."
+    if loss not in VOL_LOSSES: raise ValueError(f"unknown loss {loss!r} (known: {', '.join(VOL_LOSSES)})")
+    if f"vol_{h}h" not in forecasts.columns: raise ValueError(f"forecasts lack the target column vol_{h}h")
+    cols = _model_columns(forecasts, "vol", h)
+    if models is not None:
+        missing = [m for m in models if f"{m}_vol_{h}h" not in cols]
+        if missing: raise ValueError(f"forecasts lack the volatility model(s) {missing} at {h}h")
+        cols = [f"{m}_vol_{h}h" for m in models]
+    if len(cols) < 2: raise ValueError(f"need at least two volatility models at {h}h, got {cols}")
+    y = forecasts[f"vol_{h}h"].to_numpy(dtype=np.float64)
+    F = forecasts[cols].to_numpy(dtype=np.float64)
+    if (F < 0).any(): raise ValueError("volatility forecasts must be >= 0")
+    ok = np.isfinite(y) & (y > 0) & np.isfinite(F).all(axis=1)
+    if not ok.any(): raise ValueError(f"no test row at {h}h has a positive target and a forecast from every model")
+    L = pd.DataFrame({c[: -len(f"_vol_{h}h")]: _vol_loss(y[ok], F[ok, j], loss) for j, c in enumerate(cols)})
+    L.index = pd.DatetimeIndex(forecasts["timestamp"].to_numpy()[ok], name="timestamp")
+    L = L.groupby(level=0).mean()
+    L.columns.name = "model"
+    return L
+
+def newey_west_dm(d, lags: int) -> tuple[float, float]:
+    "Diebold–Mariano statistic of mean(d) = 0 with a Newey–West (Bartlett, `lags`) variance (statsmodels OLS, HAC) and its two-sided p-value."
+    import statsmodels.api as sm
+    d = np.asarray(d, dtype=np.float64)
+    if not np.isfinite(d).all(): raise ValueError("loss differences must be finite")
+    if len(d) < 2 or np.all(d == d[0]): return np.nan, np.nan
+    r = sm.OLS(d, np.ones((len(d), 1))).fit(cov_type="HAC", cov_kwds={"maxlags": int(lags), "use_correction": False})
+    return float(r.tvalues[0]), float(r.pvalues[0])
+
+def volatility_tests(forecasts: pd.DataFrame, horizons: Sequence[int] = (1, 4, 24), loss: str = "qlike", reps: int = 1000,
+                     block: int = 168, seed: int = 0, size: float = 0.10, hac_lags: int | None = None) -> pd.DataFrame:
+    """Per horizon and volatility model, on the hourly mean loss over tokens: hours, mean_loss, best, DM statistic and
+    p-value against the best model (Newey–West), MCS p-value and membership of the `1 - size` model confidence set."""
+    from volnb.metrics import mcs_table
+    rows = []
+    for h in horizons:
+        L = hourly_losses(forecasts, int(h), loss)
+        T_ = len(L)
+        lags = max(int(h) - 1, int(np.floor(4 * (T_ / 100) ** (2 / 9)))) if hac_lags is None else int(hac_lags)
+        mean = L.mean()
+        best = mean.idxmin()
+        mcs = mcs_table(L, size=size, reps=reps, block_size=min(block, T_), seed=seed, method="R").set_index("model")
+        for m in L.columns:
+            stat, pv = (np.nan, np.nan) if m == best else newey_west_dm(L[m] - L[best], lags)
+            rows.append({"horizon": f"{h}h", "model": m, "loss": loss, "hours": T_, "mean_loss": float(mean[m]),
+                         "best": best, "dm_stat": stat, "dm_pvalue": pv, "hac_lags": lags,
+                         "mcs_pvalue": float(mcs.loc[m, "pvalue"]), "in_mcs": bool(mcs.loc[m, "in_mcs"])})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/19_walkforward.ipynb #376b4495
+def direction_audit(forecasts: pd.DataFrame, panel: pd.DataFrame, horizons: Sequence[int] = (1,),
+                    model: str = "logit") -> pd.DataFrame:
+    """Per token: test hours, flat forward-return shares, hit rate of the 'reverse the last hour' rule, lag-1 return
+    autocorrelation on the test hours, and `model`'s direction accuracy and agreement with the reversal rule."""
+    check_panel(panel, need_filled=True)
+    need = ["token", "timestamp", "fwd_ret_1h", "dir_1h"] + [f"fwd_ret_{h}h" for h in horizons]
+    missing = [c for c in dict.fromkeys(need) if c not in forecasts.columns]
+    if missing: raise ValueError(f"forecasts lack the column(s) {missing}")
+    # r_t and r_{t-1} by panel row, valid when the hour(s) they span are present and not filled
+    p = panel[["token", "timestamp", "close", "filled"]].reset_index(drop=True)
+    same = p["token"].eq(p["token"].shift()) & (p["timestamp"] - p["timestamp"].shift() == pd.Timedelta(hours=1))
+    real = ~p["filled"].to_numpy(dtype=bool)
+    lc = np.log(p["close"].to_numpy(dtype=np.float64))
+    r = np.r_[np.nan, np.diff(lc)]
+    ok = same.to_numpy() & real & np.r_[False, real[:-1]]
+    r = np.where(ok, r, np.nan)
+    r_prev = np.r_[np.nan, r[:-1]]
+    r_prev = np.where(same.to_numpy(), r_prev, np.nan)
+    rp = pd.DataFrame({"token": p["token"], "timestamp": p["timestamp"], "_r": r, "_r_prev": r_prev})
+    f = forecasts.merge(rp, on=["token", "timestamp"], how="left", validate="one_to_one")
+    rows = []
+    for tok, g in f.groupby("token", sort=True):
+        lab = g["dir_1h"].to_numpy(dtype=np.float64)
+        has = np.isfinite(lab)
+        row = {"token": tok, "hours": int(has.sum())}
+        for h in horizons:
+            fr = g[f"fwd_ret_{h}h"].to_numpy(dtype=np.float64)
+            fin = np.isfinite(fr)
+            row[f"flat_{h}h"] = float(np.mean(fr[fin] == 0)) if fin.any() else np.nan
+        fwd, last = g["fwd_ret_1h"].to_numpy(dtype=np.float64), g["_r"].to_numpy()
+        use = np.isfinite(fwd) & np.isfinite(last) & (fwd != 0) & (last != 0)
+        row["reversal_n"] = int(use.sum())
+        row["reversal_hit"] = float(np.mean(np.sign(fwd[use]) == -np.sign(last[use]))) if use.any() else np.nan
+        a, b = g["_r_prev"].to_numpy(), last
+        pair = np.isfinite(a) & np.isfinite(b)
+        row["ret_autocorr_1"] = float(np.corrcoef(a[pair], b[pair])[0, 1]) if pair.sum() > 2 and a[pair].std() > 0 and b[pair].std() > 0 else np.nan
+        for h in horizons:
+            c = f"{model}_dir_{h}h"
+            row[f"{model}_acc_{h}h"] = (evaluate_direction(g[f"dir_{h}h"], g[c])["accuracy"]
+                                        if c in g.columns and f"dir_{h}h" in g.columns else np.nan)
+        c = f"{model}_dir_1h"
+        q = g[c].to_numpy(dtype=np.float64) if c in g.columns else np.full(len(g), np.nan)
+        both = use & np.isfinite(q)
+        if both.any():
+            row[f"{model}_agrees_reversal"] = float(np.mean(np.where(q[both] > 0.5, 1.0, -1.0) == -np.sign(last[both])))
+        else: row[f"{model}_agrees_reversal"] = np.nan
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -366,3 +366,36 @@ def test_direction_audit_on_hand_made_panel():
     pairs = np.array([(r[t - 1], r[t]) for t in (2, 3, 7, 8, 9)])
     assert a.loc["MIX", "ret_autocorr_1"] == pytest.approx(np.corrcoef(pairs.T)[0, 1])
     with pytest.raises(ValueError, match="fwd_ret_1h"): direction_audit(f.drop(columns="fwd_ret_1h"), p)
+
+
+# ------------------------------------------------------------------------------------------------ strategy and groups
+def test_long_flat_strategy_by_hand():
+    from volnb.walkforward import sharpe_table, strategy_returns
+    f = pd.DataFrame({"token": ["A"] * 3 + ["B"] * 3, "timestamp": list(pd.date_range("2022-01-01", periods=3, freq="h")) * 2,
+                      "fwd_ret_1h": np.log([1.1, 0.9, 1.1, 1.02, 1.02, 0.95]), "m_dir_1h": [0.9, 0.1, 0.8, 0.6, 0.6, 0.4]})
+    r = strategy_returns(f, "m", fee=0.01)
+    # A: long (+10 % - fee), flat (- fee to leave), long (+10 % - fee); B: long (+2 % - fee), long (+2 %), flat (- fee)
+    np.testing.assert_allclose(r.to_numpy(), [(0.09 + 0.01) / 2, (-0.01 + 0.02) / 2, (0.09 - 0.01) / 2], atol=1e-12)
+    t = sharpe_table(f, ["m"], fee=0.01, periods_per_year=1)
+    assert t.sharpe[0] == pytest.approx(r.mean() / r.std(ddof=1)) and t.long_share[0] == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="fee must be"):
+        strategy_returns(f, "m", fee=1.5)
+
+
+def test_liquidity_buckets_are_known_at_each_block_start():
+    "A token's bucket for a block uses dollar volume before that block's test start only."
+    from volnb.walkforward import block_groups, grouped_accuracy
+    hours = pd.date_range("2022-01-01", periods=24 * 120, freq="h")
+    def tok(name, vol):
+        return pd.DataFrame({"token": name, "timestamp": hours, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0,
+                             "volume": vol, "filled": False})
+    big_later = np.where(hours >= pd.Timestamp("2022-03-01"), 1e6, 1.0)      # A becomes liquid only in March
+    panel = pd.concat([tok("A", big_later), tok("B", 100.0), tok("C", 10.0)], ignore_index=True)
+    blocks = walk_forward_blocks("2022-03-01", "2022-04-30", 1, train_start=None)
+    g = block_groups(panel, blocks, {"A": "x", "B": "y", "C": "y"})
+    liq = g.set_index(["block", "token"])["liquidity"]
+    assert liq[(0, "A")] == "low" and liq[(0, "B")] == "high"               # as of 2022-03-01: A's surge not yet seen
+    assert liq[(1, "A")] == "high"                                           # as of 2022-04-01: it is
+    fc = pd.DataFrame({"block": [0, 0, 1], "token": ["A", "B", "A"], "dir_1h": [1.0, 0.0, 1.0], "m_dir_1h": [0.9, 0.9, 0.1]})
+    acc = grouped_accuracy(fc, g, "liquidity").set_index("liquidity")
+    assert acc.loc["low", "accuracy"] == 1.0 and acc.loc["high", "accuracy"] == 0.0 and acc.loc["high", "n"] == 2

@@ -19,7 +19,8 @@ from .panel_features import WINDOWS, check_panel, panel_features, panel_targets
 __all__ = ['VOL_MODELS', 'DIR_MODELS', 'VOL_LOSSES', 'Block', 'walk_forward_blocks', 'blocks_from_config', 'usable_rows',
            'model_returns', 'volatility_forecasts', 'return_features', 'direction_forecasts', 'evaluate_volatility',
            'evaluate_direction', 'walk_forward', 'baseline_metrics', 'bootstrap_intervals', 'pesaran_timmermann',
-           'direction_tests', 'hourly_losses', 'newey_west_dm', 'volatility_tests', 'direction_audit']
+           'direction_tests', 'hourly_losses', 'newey_west_dm', 'volatility_tests', 'direction_audit',
+           'strategy_returns', 'sharpe_table', 'block_groups', 'grouped_accuracy']
 
 # %% ../nbs/19_walkforward.ipynb #66f7e063
 @dataclass(frozen=True)
@@ -454,4 +455,61 @@ def direction_audit(forecasts: pd.DataFrame, panel: pd.DataFrame, horizons: Sequ
             row[f"{model}_agrees_reversal"] = float(np.mean(np.where(q[both] > 0.5, 1.0, -1.0) == -np.sign(last[both])))
         else: row[f"{model}_agrees_reversal"] = np.nan
         rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/19_walkforward.ipynb #5c21c1e1
+def strategy_returns(forecasts: pd.DataFrame, model: str, fee: float = 0.001) -> pd.Series:
+    """Hourly returns of the equal-weight long/flat portfolio driven by `{model}_dir_1h` (long when p > 0.5), after
+    `fee` per change of position, indexed by hour."""
+    col = f"{model}_dir_1h"
+    need = {"token", "timestamp", "fwd_ret_1h", col}
+    missing = sorted(need - set(forecasts.columns))
+    if missing: raise ValueError(f"forecasts lack column {missing[0]!r}")
+    if not 0 <= fee < 1: raise ValueError(f"fee must be in [0, 1), got {fee}")
+    f = forecasts.loc[forecasts[col].notna(), ["token", "timestamp", "fwd_ret_1h", col]].sort_values(["token", "timestamp"])
+    pos_s = (f[col] > 0.5).astype(float)
+    pos, prev = pos_s.to_numpy(), pos_s.groupby(f["token"]).shift(1).fillna(0.0).to_numpy()
+    simple = np.expm1(f["fwd_ret_1h"].to_numpy(float))
+    ret = np.where(np.isfinite(simple), pos * simple, 0.0) - fee * np.abs(pos - prev)
+    return pd.Series(ret, index=f["timestamp"].to_numpy()).groupby(level=0).mean().sort_index()
+
+def sharpe_table(forecasts: pd.DataFrame, models: Sequence[str], fee: float = 0.001, periods_per_year: int = 24 * 365) -> pd.DataFrame:
+    "Per model: hours, annualised mean return, volatility and Sharpe ratio of `strategy_returns`, and the share of hours long."
+    rows = []
+    for m in models:
+        r = strategy_returns(forecasts, m, fee)
+        sd = r.std(ddof=1)
+        col = forecasts[f"{m}_dir_1h"]
+        rows.append({"model": m, "fee": fee, "hours": len(r), "ann_return": r.mean() * periods_per_year,
+                     "ann_vol": sd * np.sqrt(periods_per_year),
+                     "sharpe": r.mean() / sd * np.sqrt(periods_per_year) if sd > 0 else np.nan,
+                     "long_share": float((col[col.notna()] > 0.5).mean())})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/19_walkforward.ipynb #35783499
+def block_groups(panel: pd.DataFrame, blocks: Sequence[Block], categories, n_buckets: int = 3) -> pd.DataFrame:
+    "Per (block, token): category and the liquidity bucket as of the block's test start ('new' when too recent)."
+    from volnb.panel_features import static_covariates
+    parts = []
+    for i, b in enumerate(blocks):
+        sc = static_covariates(panel, categories, asof=b.test[0], n_buckets=n_buckets)
+        names = {k: ("low", "mid", "high")[k] if n_buckets == 3 else f"q{k}" for k in range(n_buckets)}
+        liq = sc["liquidity_bucket"].map(lambda v: "new" if pd.isna(v) else names[int(v)])
+        parts.append(pd.DataFrame({"block": i, "token": sc.index if "token" not in sc else sc["token"],
+                                   "category": sc["category"].to_numpy(), "liquidity": liq.to_numpy()}))
+    return pd.concat(parts, ignore_index=True)
+
+def grouped_accuracy(forecasts: pd.DataFrame, groups: pd.DataFrame, by: str, horizon: int = 1,
+                     models: Sequence[str] | None = None) -> pd.DataFrame:
+    "Direction accuracy (and n) of each model at `horizon`, pooled within each value of `groups[by]` (joined on block, token)."
+    f = forecasts.merge(groups[["block", "token", by]], on=["block", "token"], how="left")
+    y = f"dir_{horizon}h"
+    models = models or [c[: -len(f"_dir_{horizon}h")] for c in f.columns if c.endswith(f"_dir_{horizon}h") and c != y]
+    rows = []
+    for g, part in f.groupby(by, sort=True):
+        for m in models:
+            ok = part[y].notna() & part[f"{m}_dir_{horizon}h"].notna()
+            if not ok.any(): continue
+            hit = (part.loc[ok, f"{m}_dir_{horizon}h"] > 0.5) == (part.loc[ok, y] > 0.5)
+            rows.append({by: g, "horizon": f"{horizon}h", "model": m, "n": int(ok.sum()), "accuracy": float(hit.mean())})
     return pd.DataFrame(rows)

@@ -17,11 +17,11 @@ from .features import assign_splits
 
 # %% auto #0
 __all__ = ['SPIKE_FEATURES', 'TICK_FEATURES', 'BAR_TICK_COLUMNS', 'RV_WINDOWS', 'RET_WINDOW', 'VOLUME_WINDOW', 'FEATURE_BARS',
-           'MINUTE', 'HISTORY_BARS', 'required_history', 'window_sum', 'regular_grid', 'bar_features',
-           'next_minute_volatility', 'spike_threshold', 'load_spike_bars', 'complete_history', 'labelled_rows',
-           'build_spike_dataset', 'OnlineFeatures']
+           'MINUTE', 'HISTORY_BARS', 'FEATURE_DOMAINS', 'required_history', 'window_sum', 'regular_grid',
+           'bar_features', 'next_minute_volatility', 'spike_threshold', 'load_spike_bars', 'complete_history',
+           'labelled_rows', 'build_spike_dataset', 'OnlineFeatures']
 
-# %% ../nbs/12_intraday.ipynb #724cf7da
+# %% ../nbs/12_intraday.ipynb #0ef6b452
 SPIKE_FEATURES = ["rv_1m", "rv_5m", "rv_15m", "rv_60m", "ret_5m", "hl_range", "volume_intensity"]
 TICK_FEATURES = ["spread_bps", "trade_intensity", "ob_imbalance"]
 BAR_TICK_COLUMNS = ["n_trades", "spread_bps", "ob_imbalance"]   # bar columns measured from trades and quotes
@@ -42,6 +42,13 @@ def required_history(features: Sequence[str] | None = None) -> int:
     return max(FEATURE_BARS[f] for f in feats)
 
 HISTORY_BARS = required_history(SPIKE_FEATURES)   # 61: 60 one-minute returns (rv_60m)
+# the physical domain [lo, hi] (None: unbounded) of each feature, from how bar_features computes it: volatilities are
+# square roots of sums of squares and hl_range = log(high/low) with high >= low, so >= 0; volume_intensity is a bar's
+# volume over the mean of the VOLUME_WINDOW bars that include it, so in [0, VOLUME_WINDOW]; ret_5m is any real; spreads
+# and trade counts are >= 0, the book imbalance in [-1, 1]. The serving API refuses values outside (volnb.api).
+FEATURE_DOMAINS = {**{f"rv_{k}m": (0.0, None) for k in RV_WINDOWS}, f"ret_{RET_WINDOW}m": (None, None), "hl_range": (0.0, None),
+                   "volume_intensity": (0.0, float(VOLUME_WINDOW)), "spread_bps": (0.0, None), "trade_intensity": (0.0, None),
+                   "ob_imbalance": (-1.0, 1.0)}
 
 def window_sum(x: np.ndarray, k: int) -> np.ndarray:
     "Sum of the last `k` values at each position (NaN for the first k-1 and wherever a NaN is in the window)."

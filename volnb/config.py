@@ -50,7 +50,7 @@ IsoTime = Annotated[str, AfterValidator(_iso)]
 Span = Annotated[list[IsoTime], Field(min_length=2, max_length=2), AfterValidator(_span)]
 Split = Annotated[dict[str, Span], AfterValidator(_split)]
 
-# %% ../nbs/00a_config.ipynb #c5c64ede
+# %% ../nbs/00a_config.ipynb #b87f05de
 class Paths(Schema):
     "`paths`: where things are (relative to `root`)."
     root: Optional[str]
@@ -115,7 +115,7 @@ class BaselinesConfig(Schema):
     quadrature_nodes: int = Field(ge=1)
     labels: dict[str, str]
 
-ATTENTION_VARIANTS = ("dot", "dense", "random", "factorized_dense", "factorized_random", "dense_dot", "random_dot")
+ATTENTION_VARIANTS = ("dot", "dense", "random", "factorized_dense", "factorized_random", "dense_dot", "random_dot", "linear")
 POSITIONAL_ENCODINGS = ("learned", "sinusoidal")
 
 class LSTMModel(Schema):
@@ -224,7 +224,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #35d34523
+# %% ../nbs/00a_config.ipynb #68a235a1
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -329,6 +329,10 @@ class MultitokenExperiment(Schema):
     horizons: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]   # hours ahead
     split: Split                                # the walk-forward's first train and validation spans, and the test span
     walk_forward: WalkForward
+    # sections of the later stages of the study, typed as each stage's library settles (issues 11 and 12)
+    deep: Optional[dict[str, Any]] = None       # global LSTM / transformer (volnb.panel_models)
+    regimes: Optional[dict[str, Any]] = None    # k-means volatility regimes (volnb.regimes)
+    spillover: Optional[dict[str, Any]] = None  # Diebold-Yilmaz connectedness (volnb.spillover)
 
 ExperimentConfig = Annotated[Union[HerremansExperiment, Spike60sExperiment, MultitokenExperiment], Field(discriminator="name")]
 

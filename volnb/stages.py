@@ -19,8 +19,8 @@ from .core import compose_config, project_root, resolve_path, split_overrides
 
 # %% auto #0
 __all__ = ['STAGES', 'CONFIG_GROUPS', 'StagePaths', 'model_configs', 'model_labels', 'Stage', 'get_stage', 'executed_notebook',
-           'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'stage_requirements', 'missing_deps',
-           'sync_deps']
+           'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'papers_read', 'stage_requirements',
+           'missing_deps', 'sync_deps']
 
 # %% ../nbs/16_stages.ipynb #920b1446
 class StagePaths:
@@ -105,7 +105,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #dc735bd9
+# %% ../nbs/16_stages.ipynb #ce8dfd56
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -133,6 +133,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("spike_evaluate", overrides="experiment=spike60s"),
     _stage("multitoken_prepare", overrides="experiment=multitoken"),
     _stage("multitoken_baselines", overrides="experiment=multitoken"),
+    _stage("multitoken_deep", overrides="experiment=multitoken"),
+    _stage("multitoken_evaluate", overrides="experiment=multitoken"),
+    _stage("multitoken_spillover", overrides="experiment=multitoken"),
+    _stage("herremans_claims"),
     _stage("report", experiments="herremans spike60s"),
 ]}
 
@@ -195,7 +199,7 @@ def run_stage(name: str, overrides: str | Sequence[str] | None = None, out=None,
     if echo: print(f"[stage] {name}: done in {time.perf_counter() - t0:.0f} s -> {dest.relative_to(root) if dest.is_relative_to(root) else dest}", flush=True)
     return dest
 
-# %% ../nbs/16_stages.ipynb #c3016b25
+# %% ../nbs/16_stages.ipynb #94b31424
 CONFIG_GROUPS = ("data", "features", "baselines", "model", "train", "protocol", "backtest", "serve", "experiment", "refresh", "sweep")
 
 def _notebook_source(path) -> str:
@@ -254,6 +258,13 @@ def module_closure(names: Iterable[str], lib_dir) -> set[str]:
         todo.extend(volnb_imports(f.read_text(encoding="utf-8"), module=n) - seen)
     return seen
 
+_OTHER_EXP_RE = re.compile(r"""compose_config\(\s*["']experiment=(\w+)""")
+_PAPER_RE = re.compile(r"""["']conf["']\s*/\s*["']paper["'](?:\s*/\s*["'](\w+)["'])?""")
+
+def papers_read(source: str) -> set[str]:
+    "Transcriptions a stage reads: `... / 'conf' / 'paper' [/ '<name>']` in its code -> `conf/paper[/<name>]`."
+    return {"conf/paper" + (f"/{m.group(1)}" if m.group(1) else "") for m in _PAPER_RE.finditer(_code_only(source))}
+
 def stage_requirements(name: str, root=None) -> list[str]:
     "The paths (relative to the repository root) stage `name` must list in its `deps`: notebook, modules, config."
     root = Path(root or project_root())
@@ -264,8 +275,13 @@ def stage_requirements(name: str, root=None) -> list[str]:
     texts = [src] + [(root / "volnb" / f"{m}.py").read_text(encoding="utf-8") for m in sorted(mods)]
     groups = set().union(*(config_groups_read(t) for t in texts)) - {"experiment"}
     groups |= {o.split("=", 1)[0] for o in split_overrides(st.overrides) if "=" in o} & set(CONFIG_GROUPS) - {"experiment"}
+    others = {m.group(1) for t in texts for m in _OTHER_EXP_RE.finditer(_code_only(t))} - {st.experiment}
     reqs = [f"nbs/pipeline/{st.notebook}.ipynb", "conf/config.yaml", f"conf/experiment/{st.experiment}.yaml"]
+    reqs += [f"conf/experiment/{x}.yaml" for x in sorted(others)]        # another experiment's config, composed by name
     reqs += [f"volnb/{m}.py" for m in sorted(mods)] + [f"conf/{g}" for g in sorted(groups)]
+    papers = set().union(*(papers_read(t) for t in texts))
+    if "conf/paper" in papers: papers = {"conf/paper"}                           # the whole folder covers each paper
+    reqs += sorted(papers)
     return reqs
 
 def missing_deps(dvc_yaml=None, root=None) -> dict[str, list[str]]:

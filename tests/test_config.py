@@ -326,6 +326,12 @@ def test_multitoken_misspelt_key_is_named(conf_copy, old, new, key, text):
     ("experiment.tokens=[]", "experiment.tokens: List should have at least 1 item"),
     ("experiment.horizons=[1,0]", "experiment.horizons.1: Input should be greater than or equal to 1"),
     ("experiment.cleaning.ffill_max_hours=-1", "Input should be greater than or equal to 0"),
+    ("experiment.deep.window=100", "model 'transformer': patch=8 does not divide window=100"),
+    ("experiment.deep.quantiles=[0.5,0.25]", "quantiles must increase strictly"),
+    ("+experiment.deep.models.lstm.patch=4", "patch belong to encoder 'transformer', not 'lstm'"),
+    ("experiment.deep.models.transformer.attention=flash", "experiment.deep.models.transformer.attention"),
+    ("experiment.spillover.transform=sqrt", "Input should be 'log' or 'level'"),
+    ("experiment.spillover.events.threshold_min_hours=1000", "threshold_min_hours exceeds threshold_window_hours"),
 ])
 def test_multitoken_bad_values_are_named(ov, text):
     e = config_error(lambda: compose_config(f"experiment=multitoken {ov}"))

@@ -9,10 +9,11 @@ __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELIN
            'FeaturesConfig', 'BaselinesConfig', 'LSTMModel', 'TransformerModel', 'TrainConfig', 'ProtocolConfig',
            'BacktestSchema', 'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel',
            'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
-           'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource',
-           'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config',
-           'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors',
-           'validate_config', 'override_error']
+           'DeepModel', 'DeepSettings', 'SpilloverPenalty', 'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents',
+           'Spillover', 'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource',
+           'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig',
+           'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override',
+           'config_sources', 'explain_errors', 'validate_config', 'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -224,7 +225,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #68a235a1
+# %% ../nbs/00a_config.ipynb #14885199
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -318,6 +319,112 @@ class WalkForward(Schema):
     retrain_every_months: int = Field(ge=1)
     validation_months: int = Field(ge=1)
 
+class DeepModel(Schema):
+    "One network of `experiment.deep.models` (volnb.panel_models.PanelForecaster)."
+    label: str
+    encoder: Literal["lstm", "transformer"]
+    d_model: int = Field(ge=1)
+    n_layers: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    n_heads: Optional[int] = Field(None, ge=1)            # transformer only
+    ff_mult: Optional[int] = Field(None, ge=1)            # transformer only
+    attention: Optional[Literal[ATTENTION_VARIANTS]] = None   # transformer only (default dot)
+    patch: Optional[int] = Field(None, ge=1)              # transformer only: hours per token
+    rank: Optional[int] = Field(None, ge=1)               # transformer only: factorised synthesizers
+
+    @model_validator(mode="after")
+    def _encoder_keys(self):
+        if self.encoder == "lstm":
+            extra = [k for k in ("n_heads", "ff_mult", "attention", "patch", "rank") if getattr(self, k) is not None]
+            if extra: raise ValueError(f"{', '.join(extra)} belong to encoder 'transformer', not 'lstm'")
+        elif self.n_heads is not None and self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        return self
+
+class DeepSettings(Schema):
+    "`experiment.deep`: the global deep models of the multi-token study and their walk-forward training (stage multitoken_deep)."
+    models: Annotated[dict[str, DeepModel], Field(min_length=1)]
+    window: int = Field(ge=1)                   # hours per input window
+    warmup: int = Field(ge=0)                   # hours of history the window's first hour needs
+    quantiles: Annotated[list[Annotated[float, Field(gt=0, lt=1)]], Field(min_length=1)]
+    loss_weights: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=3, max_length=3)]
+    min_token_hours: int = Field(ge=0)
+    n_buckets: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    samples_per_epoch: int = Field(ge=1)
+    epochs_first: int = Field(ge=1)
+    epochs_refit: int = Field(ge=1)
+    patience: int = Field(ge=0)
+    warm_start: bool
+    val_samples: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    threads: int = Field(ge=1)
+    gradient_clip_val: Optional[float] = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if any(b <= a for a, b in zip(self.quantiles, self.quantiles[1:])):
+            raise ValueError(f"quantiles must increase strictly, got {self.quantiles}")
+        for name, m in self.models.items():
+            if m.encoder == "transformer" and self.window % (m.patch or 1):
+                raise ValueError(f"model {name!r}: patch={m.patch} does not divide window={self.window}")
+        return self
+
+class SpilloverPenalty(Schema):
+    "Elastic-net VAR of many tokens (volnb.spillover.fit_var, estimator='elasticnet')."
+    tokens: Optional[Annotated[list[str], Field(min_length=2)]]   # null: every token complete over `sample`
+    exclude_categories: list[str]
+    alpha: Optional[Annotated[float, Field(gt=0)]]                # null: ElasticNetCV with TimeSeriesSplit
+    l1_ratio: Annotated[float, Field(gt=0, le=1)]
+    cv_folds: int = Field(ge=2)
+
+class SpilloverRolling(Schema):
+    window_days: int = Field(ge=30)
+    step_days: int = Field(ge=1)
+
+class SpilloverHourly(Schema):
+    lags: int = Field(ge=1)
+    horizon: int = Field(ge=1)
+
+class SpilloverEvents(Schema):
+    "The spike event study of Section 6.4 (volnb.spillover.event_study)."
+    sources: Annotated[list[str], Field(min_length=1)]
+    exclude_categories: list[str]
+    window_hours: int = Field(ge=1)
+    include_same_hour: Annotated[list[bool], Field(min_length=1)]
+    threshold_window_hours: int = Field(ge=2)
+    threshold_min_hours: int = Field(ge=1)
+    spike_quantile: float = Field(gt=0, lt=1)
+    shock_quantile: float = Field(gt=0, lt=1)
+    shifts: int = Field(ge=1)
+    min_shift_hours: int = Field(ge=1)
+    bootstrap: int = Field(ge=1)
+    confidence: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _min_le_window(self):
+        if self.threshold_min_hours > self.threshold_window_hours:
+            raise ValueError("threshold_min_hours exceeds threshold_window_hours")
+        return self
+
+class Spillover(Schema):
+    "`experiment.spillover`: Diebold-Yilmaz connectedness and the event study (stage multitoken_spillover)."
+    tokens: Annotated[list[str], Field(min_length=2)]
+    sample: Span
+    min_hours: int = Field(ge=1, le=24)
+    transform: Literal["log", "level"]
+    lags: int = Field(ge=1)
+    horizon: int = Field(ge=1)
+    estimator: Literal["ols", "elasticnet"]
+    penalty: SpilloverPenalty
+    rolling: SpilloverRolling
+    hourly: SpilloverHourly
+    episodes: dict[str, Span]
+    events: SpilloverEvents
+    seed: int = Field(ge=0)
+
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
     name: Literal["multitoken", "multitoken_paper"]
@@ -330,9 +437,10 @@ class MultitokenExperiment(Schema):
     split: Split                                # the walk-forward's first train and validation spans, and the test span
     walk_forward: WalkForward
     # sections of the later stages of the study, typed as each stage's library settles (issues 11 and 12)
-    deep: Optional[dict[str, Any]] = None       # global LSTM / transformer (volnb.panel_models)
+    deep: Optional[DeepSettings] = None         # global LSTM / transformer (volnb.panel_models)
     regimes: Optional[dict[str, Any]] = None    # k-means volatility regimes (volnb.regimes)
-    spillover: Optional[dict[str, Any]] = None  # Diebold-Yilmaz connectedness (volnb.spillover)
+    spillover: Optional[Spillover] = None       # Diebold-Yilmaz connectedness (volnb.spillover)
+    transfer: Optional[dict[str, Any]] = None   # pre-train on the majors, fine-tune per token (volnb.transfer)
 
 ExperimentConfig = Annotated[Union[HerremansExperiment, Spike60sExperiment, MultitokenExperiment], Field(discriminator="name")]
 

@@ -10,10 +10,10 @@ __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELIN
            'BacktestSchema', 'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel',
            'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
            'DeepModel', 'DeepSettings', 'SpilloverPenalty', 'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents',
-           'Spillover', 'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource',
-           'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig',
-           'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override',
-           'config_sources', 'explain_errors', 'validate_config', 'override_error']
+           'Spillover', 'RegimeWindows', 'RegimeSweep', 'RegimeSettings', 'MultitokenExperiment', 'HttpSettings',
+           'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource',
+           'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source',
+           'parse_override', 'config_sources', 'explain_errors', 'validate_config', 'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -225,7 +225,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #14885199
+# %% ../nbs/00a_config.ipynb #5b3761ac
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -425,6 +425,46 @@ class Spillover(Schema):
     events: SpilloverEvents
     seed: int = Field(ge=0)
 
+class RegimeWindows(Schema):
+    "`experiment.regimes.windows`: volnb.panel_features windows of the market-state features, hours."
+    returns: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    rv: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2)]
+    volume_change: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    volume_mean: int = Field(ge=1)
+    beta: int = Field(ge=2)
+    cross_rv: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _momentum_needs_rv(self):
+        missing = [k for k in self.returns if k not in self.rv]
+        if missing: raise ValueError(f"returns window(s) {missing} are not rv windows: ret_k / rv_k needs both")
+        return self
+
+class RegimeSweep(Schema):
+    "The k sweep of the regimes: silhouette and bootstrap stability (adjusted Rand index) per k."
+    ks: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
+    resamples: int = Field(ge=2)
+    sample: int = Field(ge=1)
+    eval_size: int = Field(ge=2)
+    n_init: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _eval_rows(self):
+        if max(self.ks) >= self.eval_size: raise ValueError(f"eval_size {self.eval_size} must exceed the largest k {max(self.ks)}")
+        return self
+
+class RegimeSettings(Schema):
+    "`experiment.regimes`: k-means volatility regimes (volnb.regimes, stage multitoken_regimes)."
+    k: int = Field(ge=2)
+    n_init: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    fit_span: Literal["train", "validation", "test"]
+    clip: float = Field(gt=0)
+    windows: RegimeWindows
+    sweep: RegimeSweep
+    level: float = Field(gt=0, lt=1)
+    threads: int = Field(ge=1)
+
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
     name: Literal["multitoken", "multitoken_paper"]
@@ -438,7 +478,7 @@ class MultitokenExperiment(Schema):
     walk_forward: WalkForward
     # sections of the later stages of the study, typed as each stage's library settles (issues 11 and 12)
     deep: Optional[DeepSettings] = None         # global LSTM / transformer (volnb.panel_models)
-    regimes: Optional[dict[str, Any]] = None    # k-means volatility regimes (volnb.regimes)
+    regimes: Optional[RegimeSettings] = None    # k-means volatility regimes (volnb.regimes)
     spillover: Optional[Spillover] = None       # Diebold-Yilmaz connectedness (volnb.spillover)
     transfer: Optional[dict[str, Any]] = None   # pre-train on the majors, fine-tune per token (volnb.transfer)
 

@@ -105,7 +105,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #ce8dfd56
+# %% ../nbs/16_stages.ipynb #47a2e382
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -136,6 +136,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("multitoken_deep", overrides="experiment=multitoken"),
     _stage("multitoken_evaluate", overrides="experiment=multitoken"),
     _stage("multitoken_spillover", overrides="experiment=multitoken"),
+    _stage("multitoken_regimes", overrides="experiment=multitoken"),
     _stage("herremans_claims"),
     _stage("report", experiments="herremans spike60s"),
 ]}

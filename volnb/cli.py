@@ -51,6 +51,12 @@ def main(argv=None) -> int:
     rg.add_argument("value", nargs="?", default=None, help="a version (promote), ml|baseline (variant) or an artefact folder (register)")
     rg.add_argument("--root", default=None, help="registry folder (default: serve.registry)")
     rg.add_argument("--overrides", default=None, help="Hydra overrides")
+    si = sub.add_parser("site", help="build, check or serve the HTML reports site (MkDocs + Material, reports/site)")
+    si.add_argument("action", choices=["build", "check", "serve"])
+    si.add_argument("--site-dir", default=None, help="the built site (default reports/site)")
+    si.add_argument("--check", action="store_true", help="build: then open the site in headless Chromium (as check does)")
+    si.add_argument("--out", default=None, help="check: folder for the screenshots and report.json (default reports/site_check)")
+    si.add_argument("--port", type=int, default=8000, help="serve: the port on 127.0.0.1")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "stage":
@@ -84,6 +90,9 @@ def main(argv=None) -> int:
             stats = run_predictor(settings, replay=replay, exchange=a.live, speed=a.speed, start=a.start, end=a.end,
                                   exit_after_feed=a.exit_after_feed, history_bars=history, replay_faults=faults)
             if stats: print(json.dumps(stats, default=str))
+        elif a.cmd == "site":
+            from volnb.site import site_command
+            print(site_command(a.action, site_dir=a.site_dir, check=a.check, out=a.out, port=a.port))
         else:
             from volnb.registry import registry_command
             print(registry_command(a.action, a.value, a.overrides, a.root))

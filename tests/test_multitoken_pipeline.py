@@ -1,0 +1,63 @@
+"""A small end-to-end run of the multi-token stage notebooks (papermill) on four tokens and one quarter, in a temporary directory."""
+import pandas as pd
+import pytest
+
+from volnb import stages
+
+STAGES = ["multitoken_prepare", "multitoken_baselines", "multitoken_deep", "multitoken_evaluate", "multitoken_regimes"]
+
+
+def overrides(tmp):
+    "Four tokens (three majors and a stablecoin), one quarterly test block, tiny deep models; outputs under `tmp`."
+    return (f"paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
+            "experiment.tokens=[BTC,ETH,SOL,USDC] experiment.end='2022-04-30 23:00' "
+            "experiment.split.test=[2022-01-01,2022-03-31] "
+            "experiment.deep.epochs_first=1 experiment.deep.samples_per_epoch=512 experiment.deep.val_samples=256 "
+            "experiment.deep.batch_size=128 experiment.deep.models.lstm.d_model=8 "
+            "experiment.deep.models.transformer.d_model=8 experiment.deep.models.transformer.n_layers=1 "
+            "experiment.regimes.sweep.ks=[2,3] experiment.regimes.sweep.resamples=2 experiment.regimes.sweep.sample=2000 "
+            "experiment.regimes.sweep.eval_size=500 experiment.regimes.n_init=2")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("mt")
+    for s in STAGES: stages.run_stage(s, overrides(tmp), echo=False)
+    return tmp / "reports"
+
+
+def test_every_model_reaches_table1(run):
+    t1 = pd.read_csv(run / "tables/multitoken/table1.csv")
+    for task, models in (("direction", {"majority", "always_up", "logit", "lstm", "transformer"}),
+                         ("volatility", {"ha", "ewma", "garch", "har", "lstm", "transformer"})):
+        for h in ("1h", "4h", "24h"):
+            got = set(t1[(t1.task == task) & (t1.horizon == h)].model)
+            assert got == models, (task, h, got)
+    d = t1[t1.task == "direction"]
+    assert d.n.nunique() == 3 and d.accuracy.between(0.3, 0.7).all()          # one common sample per horizon
+    assert (d.accuracy_lo <= d.accuracy).all() and (d.accuracy <= d.accuracy_hi).all()
+
+
+def test_deep_forecasts_cover_the_test_quarter_only(run):
+    fc = pd.read_parquet(run / "artifacts/multitoken/deep/forecasts.parquet")
+    assert fc.timestamp.min() >= pd.Timestamp("2022-01-01") and fc.timestamp.max() < pd.Timestamp("2022-04-01")
+    assert set(fc.token) == {"BTC", "ETH", "SOL", "USDC"}
+    assert fc.loc[fc.token == "USDC", "lstm_dir_1h"].isna().all()              # no direction for the stablecoin
+    q = fc[["lstm_vol_1h_q05", "lstm_vol_1h_q50", "lstm_vol_1h_q95"]].dropna()
+    assert len(q) > 1000 and (q.diff(axis=1).iloc[:, 1:] >= 0).all().all()  # quantiles ordered
+    assert (run / "artifacts/multitoken/deep/models/transformer/block0/model.pt").exists()
+
+
+def test_evaluation_tables(run):
+    t = run / "tables/multitoken"
+    side = pd.read_csv(t / "table1_paper.csv")
+    assert {"Historical Average", "GARCH(1,1)", "LSTM", "Transformer (Generative)"} == set(side.paper_model)
+    assert side.loc[(side.paper_model == "LSTM") & (side.metric == "accuracy") & (side.horizon == "1h"), "paper"].item() == pytest.approx(0.617)
+    cov = pd.read_csv(t / "quantile_scores.csv").query("kind == 'coverage'")
+    assert set(cov.level.round(2)) == {0.5, 0.9} and cov.value.between(0, 1).all()
+    stress = pd.read_csv(t / "stress.csv")
+    assert (stress.btc_return < 0).all() and (stress.n_window > 0).all()
+    for f in ("figure1", "figure3", "reliability", "regime_k_sweep"):
+        assert (run / "figures/multitoken" / f"{f}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    t2 = pd.read_csv(t / "table2.csv")
+    assert "transformer_accuracy" in t2.columns and "lstm_accuracy" in t2.columns

@@ -125,7 +125,8 @@ def test_transformer_bad_input():
 def test_paper_models():
     assert list(PAPER_MODELS) == ["LSTM", "Transformer (V)", "Synthesizer R", "Synthesizer FR", "Synthesizer D",
                                   "Synthesizer FD", "Synthesizer MD", "Synthesizer MR"]
-    assert {c["attention"] for c in PAPER_MODELS.values() if c["name"] == "transformer"} == set(ATTENTION_VARIANTS)
+    paper = {c["attention"] for c in PAPER_MODELS.values() if c["name"] == "transformer"}
+    assert paper == set(ATTENTION_VARIANTS) - {"linear"}                          # linear attention is not the paper's
     for label, cfg in PAPER_MODELS.items():
         m = build_model(cfg, n_features=F, max_len=L)
         assert isinstance(m, LSTMRegressor if label == "LSTM" else DecoderTransformer)
@@ -138,6 +139,18 @@ def test_build_model_kwargs_pass_through():
     assert m.positional == "sinusoidal" and len(m.blocks) == 2 and m.blocks[0].attn.rank == 3
     assert build_model({"name": "transformer", "max_len": 16, **SMALL}, F, L).max_len == 16
     assert build_model({"name": "lstm", "hidden": 8, "n_layers": 1, "dropout": 0.0}, F, L).lstm.hidden_size == 8
+
+
+def test_transformer_linear_config_builds_linear_attention(x):
+    "model=transformer_linear is transformer.yaml with attention: linear, and builds linear attention in every block."
+    from omegaconf import OmegaConf
+    from volnb.core import compose_config
+    lin, base = (OmegaConf.to_container(compose_config(f"model={n}").model) for n in ("transformer_linear", "transformer"))
+    assert lin == {**base, "label": "Linear Transformer", "attention": "linear"}
+    m = build_model(lin, F, L).eval()
+    assert {blk.attn.variant for blk in m.blocks} == {"linear"}
+    with torch.no_grad():
+        assert m(x).shape == (B, L) and torch.isfinite(m(x)).all()
 
 
 def test_build_model_accepts_omegaconf():
@@ -168,7 +181,7 @@ def test_build_model_from_repo_model_configs(root, x):
     "Every config in conf/model/, composed as Hydra does (the synthesizers extend transformer.yaml), builds a model (B, L, F) -> (B, L)."
     from volnb.core import compose_config
     files = sorted((root / "conf" / "model").glob("*.yaml"))
-    assert len(files) == 8, [f.name for f in files]
+    assert len(files) == 9, [f.name for f in files]          # 8 of the paper + transformer_linear
     for f in files:
         m = build_model(compose_config(f"model={f.stem}").model, F, L).eval()
         with torch.no_grad(): assert m(x).shape == (B, L), f.name

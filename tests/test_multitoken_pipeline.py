@@ -10,12 +10,12 @@ STAGES = ["multitoken_prepare", "multitoken_baselines", "multitoken_deep", "mult
 def overrides(tmp):
     "Four tokens (three majors and a stablecoin), one quarterly test block, tiny deep models; outputs under `tmp`."
     return (f"paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
-            "experiment.tokens=[BTC,ETH,SOL,USDC] experiment.end='2022-04-30 23:00' "
+            "experiment.tokens=[BTC,ETH,SOL,USDC] experiment.end=2022-04-30 "
             "experiment.split.test=[2022-01-01,2022-03-31] "
             "experiment.deep.epochs_first=1 experiment.deep.samples_per_epoch=512 experiment.deep.val_samples=256 "
             "experiment.deep.batch_size=128 experiment.deep.models.lstm.d_model=8 "
             "experiment.deep.models.transformer.d_model=8 experiment.deep.models.transformer.n_layers=1 "
-            "experiment.regimes.sweep.ks=[2,3] experiment.regimes.sweep.resamples=2 experiment.regimes.sweep.sample=2000 "
+            "experiment.regimes.sweep.ks=[2,6] experiment.regimes.sweep.resamples=2 experiment.regimes.sweep.sample=2000 "
             "experiment.regimes.sweep.eval_size=500 experiment.regimes.n_init=2")
 
 
@@ -34,7 +34,8 @@ def test_every_model_reaches_table1(run):
             got = set(t1[(t1.task == task) & (t1.horizon == h)].model)
             assert got == models, (task, h, got)
     d = t1[t1.task == "direction"]
-    assert d.n.nunique() == 3 and d.accuracy.between(0.3, 0.7).all()          # one common sample per horizon
+    assert (d.groupby("horizon").n.nunique() == 1).all() and (d.n > 5000).all()  # one common sample per horizon
+    assert d.accuracy.between(0.3, 0.7).all()
     assert (d.accuracy_lo <= d.accuracy).all() and (d.accuracy <= d.accuracy_hi).all()
 
 

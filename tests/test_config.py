@@ -332,6 +332,7 @@ def test_multitoken_misspelt_key_is_named(conf_copy, old, new, key, text):
     ("experiment.deep.models.transformer.attention=flash", "experiment.deep.models.transformer.attention"),
     ("experiment.spillover.transform=sqrt", "Input should be 'log' or 'level'"),
     ("experiment.spillover.events.threshold_min_hours=1000", "threshold_min_hours exceeds threshold_window_hours"),
+    ("experiment.regimes.sweep.ks=[2,3]", "sweep.ks [2, 3] must include the chosen k = 6"),
 ])
 def test_multitoken_bad_values_are_named(ov, text):
     e = config_error(lambda: compose_config(f"experiment=multitoken {ov}"))

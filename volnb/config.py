@@ -225,7 +225,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #5b3761ac
+# %% ../nbs/00a_config.ipynb #5db916ac
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -464,6 +464,11 @@ class RegimeSettings(Schema):
     sweep: RegimeSweep
     level: float = Field(gt=0, lt=1)
     threads: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _k_in_sweep(self):
+        if self.k not in self.sweep.ks: raise ValueError(f"sweep.ks {self.sweep.ks} must include the chosen k = {self.k}")
+        return self
 
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."

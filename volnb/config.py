@@ -10,7 +10,8 @@ __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELIN
            'BacktestSchema', 'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel',
            'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
            'DeepModel', 'DeepSettings', 'SpilloverPenalty', 'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents',
-           'Spillover', 'RegimeWindows', 'RegimeSweep', 'RegimeSettings', 'MultitokenExperiment', 'HttpSettings',
+           'Spillover', 'RegimeWindows', 'RegimeSweep', 'RegimeSettings', 'TransferFit', 'TransferFinetune',
+           'TransferBaselineChoice', 'TransferBootstrap', 'Transfer', 'MultitokenExperiment', 'HttpSettings',
            'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource',
            'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source',
            'parse_override', 'config_sources', 'explain_errors', 'validate_config', 'override_error']
@@ -225,7 +226,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #5db916ac
+# %% ../nbs/00a_config.ipynb #6e03d60a
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -470,6 +471,47 @@ class RegimeSettings(Schema):
         if self.k not in self.sweep.ks: raise ValueError(f"sweep.ks {self.sweep.ks} must include the chosen k = {self.k}")
         return self
 
+class TransferFit(Schema):
+    "One training of the transfer study: epochs of `samples_per_epoch` windows."
+    epochs: int = Field(ge=1)
+    samples_per_epoch: int = Field(ge=1)
+
+class TransferFinetune(TransferFit):
+    lr_factor: float = Field(gt=0, le=1)        # fine-tuning lr = experiment.deep.lr x lr_factor
+
+class TransferBaselineChoice(Schema):
+    volatility: Literal["qlike", "mape", "rmse"]
+    direction: Literal["brier", "log_loss", "accuracy"]
+
+class TransferBootstrap(Schema):
+    block_hours: int = Field(ge=1)
+    reps: int = Field(ge=10)
+    seed: int = Field(ge=0)
+    level: float = Field(gt=0, lt=1)
+
+def _distinct(name: str, xs: Sequence) -> None:
+    dup = sorted({str(x) for x in xs if list(xs).count(x) > 1})
+    if dup: raise ValueError(f"{name} repeats {', '.join(dup)}")
+
+class Transfer(Schema):
+    "`experiment.transfer`: pre-train on the majors, fine-tune per token, against alone and global (volnb.transfer)."
+    majors: Annotated[list[str], Field(min_length=1)]
+    test_starts: Annotated[list[IsoTime], Field(min_length=1)]
+    models: Annotated[list[str], Field(min_length=1)]
+    pretrain: TransferFit
+    finetune: TransferFinetune
+    alone: TransferFit
+    rebase_bias: bool
+    short_history_hours: int = Field(ge=1)
+    baseline_choice: TransferBaselineChoice
+    bootstrap: TransferBootstrap
+    threads: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _no_repeats(self):
+        for name in ("majors", "test_starts", "models"): _distinct(name, getattr(self, name))
+        return self
+
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
     name: Literal["multitoken", "multitoken_paper"]
@@ -485,7 +527,14 @@ class MultitokenExperiment(Schema):
     deep: Optional[DeepSettings] = None         # global LSTM / transformer (volnb.panel_models)
     regimes: Optional[RegimeSettings] = None    # k-means volatility regimes (volnb.regimes)
     spillover: Optional[Spillover] = None       # Diebold-Yilmaz connectedness (volnb.spillover)
-    transfer: Optional[dict[str, Any]] = None   # pre-train on the majors, fine-tune per token (volnb.transfer)
+    transfer: Optional[Transfer] = None         # pre-train on the majors, fine-tune per token (volnb.transfer)
+
+    @model_validator(mode="after")
+    def _transfer_models_exist(self):
+        if self.transfer is not None and self.deep is not None:
+            unknown = [m for m in self.transfer.models if m not in self.deep.models]
+            if unknown: raise ValueError(f"transfer.models {unknown} are not models of experiment.deep.models ({', '.join(self.deep.models)})")
+        return self
 
 ExperimentConfig = Annotated[Union[HerremansExperiment, Spike60sExperiment, MultitokenExperiment], Field(discriminator="name")]
 

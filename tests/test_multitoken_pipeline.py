@@ -4,19 +4,24 @@ import pytest
 
 from volnb import stages
 
-STAGES = ["multitoken_prepare", "multitoken_baselines", "multitoken_deep", "multitoken_evaluate", "multitoken_regimes"]
+STAGES = ["multitoken_prepare", "multitoken_baselines", "multitoken_deep", "multitoken_evaluate", "multitoken_regimes",
+          "multitoken_transfer", "multitoken_backtest"]
 
 
 def overrides(tmp):
-    "Four tokens (three majors and a stablecoin), one quarterly test block, tiny deep models; outputs under `tmp`."
+    "Four tokens (three majors and a stablecoin), two quarterly test blocks, tiny deep models; outputs under `tmp`."
     return (f"paths.reports_dir={tmp}/reports paths.artifacts_dir={tmp}/reports/artifacts "
-            "experiment.tokens=[BTC,ETH,SOL,USDC] experiment.end=2022-04-30 "
-            "experiment.split.test=[2022-01-01,2022-03-31] "
+            "experiment.tokens=[BTC,ETH,SOL,USDC] experiment.end=2022-07-31 "
+            "experiment.split.test=[2022-01-01,2022-06-30] "
             "experiment.deep.epochs_first=1 experiment.deep.samples_per_epoch=512 experiment.deep.val_samples=256 "
             "experiment.deep.batch_size=128 experiment.deep.models.lstm.d_model=8 "
             "experiment.deep.models.transformer.d_model=8 experiment.deep.models.transformer.n_layers=1 "
             "experiment.regimes.sweep.ks=[2,6] experiment.regimes.sweep.resamples=2 experiment.regimes.sweep.sample=2000 "
-            "experiment.regimes.sweep.eval_size=500 experiment.regimes.n_init=2")
+            "experiment.regimes.sweep.eval_size=500 experiment.regimes.n_init=2 "
+            "experiment.transfer.majors=[BTC,ETH] experiment.transfer.test_starts=[2022-04-01] "
+            "experiment.transfer.pretrain.epochs=1 experiment.transfer.pretrain.samples_per_epoch=512 "
+            "experiment.transfer.finetune.samples_per_epoch=256 experiment.transfer.alone.samples_per_epoch=256 "
+            "experiment.transfer.bootstrap.reps=20 experiment.strategies.horizons=[1,24] experiment.strategies.bootstrap_reps=20")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +44,9 @@ def test_every_model_reaches_table1(run):
     assert (d.accuracy_lo <= d.accuracy).all() and (d.accuracy <= d.accuracy_hi).all()
 
 
-def test_deep_forecasts_cover_the_test_quarter_only(run):
+def test_deep_forecasts_cover_the_test_span_only(run):
     fc = pd.read_parquet(run / "artifacts/multitoken/deep/forecasts.parquet")
-    assert fc.timestamp.min() >= pd.Timestamp("2022-01-01") and fc.timestamp.max() < pd.Timestamp("2022-04-01")
+    assert fc.timestamp.min() >= pd.Timestamp("2022-01-01") and fc.timestamp.max() < pd.Timestamp("2022-07-01")
     assert set(fc.token) == {"BTC", "ETH", "SOL", "USDC"}
     assert fc.loc[fc.token == "USDC", "lstm_dir_1h"].isna().all()              # no direction for the stablecoin
     q = fc[["lstm_vol_1h_q05", "lstm_vol_1h_q50", "lstm_vol_1h_q95"]].dropna()
@@ -62,3 +67,15 @@ def test_evaluation_tables(run):
         assert (run / "figures/multitoken" / f"{f}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     t2 = pd.read_csv(t / "table2.csv")
     assert "transformer_accuracy" in t2.columns and "lstm_accuracy" in t2.columns
+
+
+def test_transfer_and_strategies(run):
+    t = run / "tables/multitoken"
+    tr = pd.read_csv(t / "transfer.csv")
+    assert set(tr.token) == {"SOL"}                                   # the one non-major token with a direction label
+    assert {"lstm_finetuned", "lstm_alone", "lstm_pretrained"} <= set(tr.model)
+    assert (tr.lo <= tr.value + 1e-12).all() and (tr.value <= tr.hi + 1e-12).all()
+    t5 = pd.read_csv(t / "table5.csv")
+    assert {"buy_and_hold_btc", "transformer", "lstm", "garch"} <= set(t5.strategy)
+    trades = pd.read_csv(t / "trades_summary.csv")
+    assert (trades.filter(like="trades").fillna(0) >= 0).all().all()

@@ -11,10 +11,11 @@ __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELIN
            'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
            'DeepModel', 'DeepSettings', 'SpilloverPenalty', 'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents',
            'Spillover', 'RegimeWindows', 'RegimeSweep', 'RegimeSettings', 'TransferFit', 'TransferFinetune',
-           'TransferBaselineChoice', 'TransferBootstrap', 'Transfer', 'MultitokenExperiment', 'HttpSettings',
-           'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource',
-           'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source',
-           'parse_override', 'config_sources', 'explain_errors', 'validate_config', 'override_error']
+           'TransferBaselineChoice', 'TransferBootstrap', 'Transfer', 'PanelStrategies', 'MultitokenExperiment',
+           'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource',
+           'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem',
+           'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors', 'validate_config',
+           'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -226,7 +227,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #6e03d60a
+# %% ../nbs/00a_config.ipynb #35ab71c2
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -512,6 +513,25 @@ class Transfer(Schema):
         for name in ("majors", "test_starts", "models"): _distinct(name, getattr(self, name))
         return self
 
+class PanelStrategies(Schema):
+    "`experiment.strategies`: confidence-gated strategies of the paper's Section 6.8 (volnb.panel_backtest, stage multitoken_backtest)."
+    horizons: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    rules: Annotated[list[Literal["threshold", "trailing"]], Field(min_length=1)]
+    threshold: float = Field(ge=0.5, lt=1)
+    q: float = Field(gt=0, lt=0.5)
+    window_days: int = Field(ge=1)
+    min_obs: int = Field(ge=1)
+    sides: Annotated[list[Literal["long_short", "long_only"]], Field(min_length=1)]
+    gate_quantile: float = Field(gt=0, lt=1)
+    garch_direction_model: str
+    position_size: float = Field(gt=0, le=1)
+    stop_loss: Optional[Annotated[float, Field(gt=0, lt=1)]]
+    fee: float = Field(ge=0, lt=1)
+    benchmark: str
+    bootstrap_reps: int = Field(ge=1)
+    level: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
     name: Literal["multitoken", "multitoken_paper"]
@@ -528,6 +548,7 @@ class MultitokenExperiment(Schema):
     regimes: Optional[RegimeSettings] = None    # k-means volatility regimes (volnb.regimes)
     spillover: Optional[Spillover] = None       # Diebold-Yilmaz connectedness (volnb.spillover)
     transfer: Optional[Transfer] = None         # pre-train on the majors, fine-tune per token (volnb.transfer)
+    strategies: Optional[PanelStrategies] = None   # Table 5's strategies (volnb.panel_backtest)
 
     @model_validator(mode="after")
     def _transfer_models_exist(self):

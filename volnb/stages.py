@@ -105,7 +105,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #db18cc76
+# %% ../nbs/16_stages.ipynb #d1644deb
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -138,6 +138,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("multitoken_spillover", overrides="experiment=multitoken"),
     _stage("multitoken_regimes", overrides="experiment=multitoken"),
     _stage("multitoken_transfer", overrides="experiment=multitoken"),
+    _stage("multitoken_backtest", overrides="experiment=multitoken"),
     _stage("herremans_claims"),
     _stage("report"),
 ]}

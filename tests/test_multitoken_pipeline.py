@@ -72,7 +72,7 @@ def test_evaluation_tables(run):
 def test_transfer_and_strategies(run):
     t = run / "tables/multitoken"
     tr = pd.read_csv(t / "transfer.csv")
-    assert set(tr.token) == {"SOL"}                                   # the one non-major token with a direction label
+    assert "SOL" in set(tr.token) and set(tr.token) <= {"SOL", "USDC"}   # the non-majors (USDC: volatility only)
     assert {"lstm_finetuned", "lstm_alone", "lstm_pretrained"} <= set(tr.model)
     assert (tr.lo <= tr.value + 1e-12).all() and (tr.value <= tr.hi + 1e-12).all()
     t5 = pd.read_csv(t / "table5.csv")

@@ -11,11 +11,11 @@ __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELIN
            'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
            'DeepModel', 'DeepSettings', 'SpilloverPenalty', 'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents',
            'Spillover', 'RegimeWindows', 'RegimeSweep', 'RegimeSettings', 'TransferFit', 'TransferFinetune',
-           'TransferBaselineChoice', 'TransferBootstrap', 'Transfer', 'PanelStrategies', 'MultitokenExperiment',
-           'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource',
-           'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem',
-           'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors', 'validate_config',
-           'override_error']
+           'TransferBaselineChoice', 'TransferBootstrap', 'Transfer', 'PanelStrategies', 'ExplainSettings',
+           'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource',
+           'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config',
+           'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors',
+           'validate_config', 'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -227,7 +227,7 @@ class ServeSettings(BaseModel):
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
 
-# %% ../nbs/00a_config.ipynb #35ab71c2
+# %% ../nbs/00a_config.ipynb #eae1ce7c
 class Target(Schema):
     "The next-day volatility target: (sqrt(annualisation) · std(r_t, r_{t+1}))^power."
     annualisation: float = Field(gt=0)
@@ -532,6 +532,16 @@ class PanelStrategies(Schema):
     level: float = Field(gt=0, lt=1)
     seed: int = Field(ge=0)
 
+class ExplainSettings(Schema):
+    "`experiment.explain`: attention and ablation of the global transformer (volnb.panel_explain, stage multitoken_explain)."
+    model: str                                  # a name of experiment.deep.models (a transformer)
+    block: int                                  # walk-forward block (-1: the last)
+    samples: int = Field(ge=1)                  # seeded test windows explained
+    seed: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    threads: int = Field(ge=1)
+    min_regime_samples: int = Field(ge=1)       # a regime with fewer windows is reported but not ranked
+
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
     name: Literal["multitoken", "multitoken_paper"]
@@ -549,6 +559,7 @@ class MultitokenExperiment(Schema):
     spillover: Optional[Spillover] = None       # Diebold-Yilmaz connectedness (volnb.spillover)
     transfer: Optional[Transfer] = None         # pre-train on the majors, fine-tune per token (volnb.transfer)
     strategies: Optional[PanelStrategies] = None   # Table 5's strategies (volnb.panel_backtest)
+    explain: Optional[ExplainSettings] = None   # Table 3: attention and ablation (volnb.panel_explain)
 
     @model_validator(mode="after")
     def _transfer_models_exist(self):

@@ -105,7 +105,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #d1644deb
+# %% ../nbs/16_stages.ipynb #797f06df
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -139,6 +139,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("multitoken_regimes", overrides="experiment=multitoken"),
     _stage("multitoken_transfer", overrides="experiment=multitoken"),
     _stage("multitoken_backtest", overrides="experiment=multitoken"),
+    _stage("multitoken_explain", overrides="experiment=multitoken"),
     _stage("herremans_claims"),
     _stage("report"),
 ]}

@@ -5,7 +5,7 @@ import pytest
 from volnb import stages
 
 STAGES = ["multitoken_prepare", "multitoken_baselines", "multitoken_deep", "multitoken_evaluate", "multitoken_regimes",
-          "multitoken_transfer", "multitoken_backtest"]
+          "multitoken_transfer", "multitoken_backtest", "multitoken_explain"]
 
 
 def overrides(tmp):
@@ -21,7 +21,8 @@ def overrides(tmp):
             "experiment.transfer.majors=[BTC,ETH] experiment.transfer.test_starts=[2022-04-01] "
             "experiment.transfer.pretrain.epochs=1 experiment.transfer.pretrain.samples_per_epoch=512 "
             "experiment.transfer.finetune.samples_per_epoch=256 experiment.transfer.alone.samples_per_epoch=256 "
-            "experiment.transfer.bootstrap.reps=20 experiment.strategies.horizons=[1,24] experiment.strategies.bootstrap_reps=20")
+            "experiment.transfer.bootstrap.reps=20 experiment.strategies.horizons=[1,24] experiment.strategies.bootstrap_reps=20 "
+            "experiment.explain.samples=300 experiment.explain.min_regime_samples=5")
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,10 @@ def test_transfer_and_strategies(run):
     assert {"buy_and_hold_btc", "transformer", "lstm", "garch"} <= set(t5.strategy)
     trades = pd.read_csv(t / "trades_summary.csv")
     assert (trades.filter(like="trades").fillna(0) >= 0).all().all()
+
+
+def test_table3(run):
+    t3 = pd.read_csv(run / "tables/multitoken/table3.csv")
+    assert len(t3) == 8                                               # the paper's eight feature categories
+    lag = pd.read_csv(run / "tables/multitoken/attention_by_lag.csv")
+    assert len(lag) > 0

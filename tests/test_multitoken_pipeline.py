@@ -1,4 +1,7 @@
 """A small end-to-end run of the multi-token stage notebooks (papermill) on four tokens and one quarter, in a temporary directory."""
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,6 +56,8 @@ def test_deep_forecasts_cover_the_test_span_only(run):
     q = fc[["lstm_vol_1h_q05", "lstm_vol_1h_q50", "lstm_vol_1h_q95"]].dropna()
     assert len(q) > 1000 and (q.diff(axis=1).iloc[:, 1:] >= 0).all().all()  # quantiles ordered
     assert (run / "artifacts/multitoken/deep/models/transformer/block0/model.pt").exists()
+    state = json.loads((run / "artifacts/multitoken/registry/state.json").read_text())
+    assert state["current"]                                                  # the model chosen on validation is current
 
 
 def test_evaluation_tables(run):
@@ -87,3 +92,25 @@ def test_table3(run):
     assert len(t3) == 8                                               # the paper's eight feature categories
     lag = pd.read_csv(run / "tables/multitoken/attention_by_lag.csv")
     assert len(lag) > 0
+
+
+@pytest.mark.parametrize("name", ["transformer", "lstm"])
+def test_served_forecasts_equal_the_stages(run, name):
+    "The last block's bundle, served from 504 hours of bars (volnb.panel_service), gives the stage's own test forecasts."
+    from volnb.core import compose_config, resolve_path
+    from volnb.panel_service import PanelScorer, experiment_categories, forecast_columns, load_bundle
+    cfg = compose_config("experiment=multitoken")
+    panel = pd.read_parquet(run / "artifacts/multitoken/prepare/panel.parquet")
+    fg = pd.read_csv(resolve_path(cfg, "data_dir") / cfg.data.fear_greed_daily)
+    cats, dirs = experiment_categories()
+    scorer = PanelScorer(load_bundle(run / "artifacts/multitoken/deep/models" / name / "block1" / "model.pt"), cats, dirs)
+    stage = pd.read_parquet(run / "artifacts/multitoken/deep/forecasts.parquet")
+    stage = stage[stage.block == 1]
+    cols = forecast_columns(list(cfg.experiment.horizons), scorer.quantiles)
+    T = pd.Timestamp("2022-06-30 23:00")
+    for hour in (T, T - pd.Timedelta(hours=777)):
+        fc = scorer.predict(panel[panel.timestamp > hour - pd.Timedelta(hours=504)], fear_greed=fg, asof=hour)
+        ref = stage[stage.timestamp == hour].set_index("token")[[f"{name}_{c}" for c in cols]].set_axis(cols, axis=1)
+        ok = fc.frame.index[fc.frame.source == "model"]
+        assert set(ok) == {"BTC", "ETH", "SOL", "USDC"} and set(ok) <= set(ref.index)
+        np.testing.assert_allclose(fc.frame.loc[ok, cols].to_numpy(np.float64), ref.loc[ok].to_numpy(np.float64), rtol=0, atol=1e-6)

@@ -37,7 +37,7 @@ from .intraday import FEATURE_DOMAINS
 from .registry import now_iso
 from .service import Service, ServiceUnavailable, load_settings
 
-# %% ../nbs/14d_api.ipynb #07e0b13a
+# %% ../nbs/14d_api.ipynb #11e8b5da
 class Problem(BaseModel):
     "An error that is not about one field (413, 429, 503)."
     detail: str
@@ -106,6 +106,8 @@ class Health(BaseModel):
     drift: dict[Literal[DRIFT_SOURCES], DriftReport] = Field(
         description="per source of scored rows: api (POST /predict) and live (the feed); the health sources always, the others once they sent rows")
     uptime_s: float
+    multitoken: Optional[dict[str, Any]] = Field(None, description="the multi-token model's entry (volnb.panel_service.PanelService.health): "
+                                                 "status, who answers, reasons; only when the app serves it. Its status does not change `status`")
 
 class VersionInfo(BaseModel):
     service: str
@@ -119,6 +121,8 @@ class VersionInfo(BaseModel):
     registered_at: Optional[str] = None
     metrics: dict[str, Any]
     history: list[str] = Field(description="versions rollback would return to, most recent last")
+    multitoken: Optional[dict[str, Any]] = Field(None, description="the multi-token model's entry (volnb.panel_service.PanelService.version_info); "
+                                                 "only when the app serves it")
 
 class LiveScore(BaseModel):
     ts: str
@@ -293,11 +297,11 @@ def retry_after(wait: float, cap: float) -> int:
     if not math.isfinite(wait): wait = cap
     return int(max(1, min(math.ceil(wait), math.floor(cap))))
 
-# %% ../nbs/14d_api.ipynb #eaea02b8
+# %% ../nbs/14d_api.ipynb #4b78a734
 class BodyTooLarge(HTTPException):
     "A streamed request body went past the size limit."
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes (serve.max_body_bytes)")
+    def __init__(self, limit: int, setting: str = "serve.max_body_bytes"):
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes ({setting})")
 
 async def send_problem(send, status: int, detail: str, headers: Sequence = ()) -> None:
     "Send a JSON `{detail}` response straight from ASGI middleware."
@@ -306,16 +310,19 @@ async def send_problem(send, status: int, detail: str, headers: Sequence = ()) -
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
-KNOWN_PATHS = frozenset({"/predict", "/health", "/version", "/metrics", "/live", "/openapi.json", "/docs", "/redoc"})
+KNOWN_PATHS = frozenset({"/predict", "/health", "/version", "/metrics", "/live", "/openapi.json", "/docs", "/redoc",
+                         "/multitoken/predict"})
 # metric labels take known values only: any method token a client invents is counted as "other", never a new series
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 access_log = logging.getLogger("volnb.serving.access")
 
 class ServingMiddleware:
-    "ASGI middleware: per-client rate limit (429), body size limit (413), request metrics and a JSON log line."
-    def __init__(self, app, service: Service, settings: ServeSettings):
+    """ASGI middleware: per-client rate limit (429), body size limit (413), request metrics and a JSON log line.
+    `body_limits` gives a path its own body limit, `{path: (bytes, setting name)}` (`/multitoken/predict`)."""
+    def __init__(self, app, service: Service, settings: ServeSettings, body_limits: Optional[dict] = None):
         self.app, self.service, self.settings = app, service, settings
+        self.body_limits = dict(body_limits or {})
         n = settings.rate_limit_per_minute
         self.limiter = RateLimiter(n) if n else None
         # Retry-After never exceeds the time a bucket takes to refill nor serve.retry_after_max_s
@@ -323,7 +330,7 @@ class ServingMiddleware:
         self.exempt, self.max_body = frozenset(settings.rate_limit_exempt), settings.max_body_bytes
         self._children = {}
 
-# %% ../nbs/14d_api.ipynb #eb5c696a
+# %% ../nbs/14d_api.ipynb #3d057694
 @patch
 async def __call__(self: ServingMiddleware, scope, receive, send):
     if scope["type"] != "http": return await self.app(scope, receive, send)
@@ -341,10 +348,11 @@ async def __call__(self: ServingMiddleware, scope, receive, send):
         if wait > 0:
             return await send_problem(send_status, 429, f"rate limit of {self.limiter.per_minute} requests per minute exceeded for client {client}",
                                       [(b"retry-after", str(retry_after(wait, self.retry_cap)).encode())])
+        limit, setting = self.body_limits.get(path, (self.max_body, "serve.max_body_bytes"))
         length = _content_length(scope)
-        if length is not None and length > self.max_body:
-            return await send_problem(send_status, 413, f"request body of {length} bytes exceeds the limit of {self.max_body} bytes (serve.max_body_bytes)")
-        await self.app(scope, self._limited(receive), send_status)
+        if length is not None and length > limit:
+            return await send_problem(send_status, 413, f"request body of {length} bytes exceeds the limit of {limit} bytes ({setting})")
+        await self.app(scope, self._limited(receive, limit, setting), send_status)
     finally:
         dt = time.perf_counter() - t0
         label = path if path in KNOWN_PATHS else "other"
@@ -364,15 +372,15 @@ async def __call__(self: ServingMiddleware, scope, receive, send):
                 "version": st.get("version", None if model is None else model.version), "rows": st.get("rows")}})
 
 @patch
-def _limited(self: ServingMiddleware, receive):
-    "`receive` that raises 413 once more than `max_body_bytes` have arrived."
-    seen, limit = 0, self.max_body
+def _limited(self: ServingMiddleware, receive, limit: Optional[int] = None, setting: str = "serve.max_body_bytes"):
+    "`receive` that raises 413 once more than `limit` (default `max_body_bytes`) bytes have arrived."
+    seen, limit = 0, self.max_body if limit is None else limit
     async def limited():
         nonlocal seen
         msg = await receive()
         if msg["type"] == "http.request":
             seen += len(msg.get("body", b""))
-            if seen > limit: raise BodyTooLarge(limit)
+            if seen > limit: raise BodyTooLarge(limit, setting)
         return msg
     return limited
 
@@ -384,18 +392,27 @@ def _content_length(scope) -> Optional[int]:
             except ValueError: return None
     return None
 
-# %% ../nbs/14d_api.ipynb #ba6da763
+# %% ../nbs/14d_api.ipynb #bc4628b7
 def create_app(registry_root=None, settings: Optional[ServeSettings] = None, loader: Optional[Callable] = None,
-               service: Optional[Service] = None) -> FastAPI:
-    "The FastAPI app: /predict, /health, /version, /metrics and /live behind limits, logs and metrics."
+               service: Optional[Service] = None, multitoken=None) -> FastAPI:
+    """The FastAPI app: /predict, /health, /version, /metrics and /live behind limits, logs and metrics;
+    with `multitoken` (or `serve.multitoken`), also `POST /multitoken/predict` (`volnb.panel_service`)."""
     settings = settings or ServeSettings()
     if service is None: service = Service(registry_root if registry_root is not None else settings.registry, settings, loader=loader)
-    app = _app_shell(service, settings)
+    if multitoken is None: multitoken = getattr(settings, "multitoken", None)
+    mt, limits = None, None
+    if multitoken is not None:
+        from volnb.panel_service import add_multitoken_route, panel_service_for
+        mt = panel_service_for(multitoken, service.metrics.registry)
+        limits = {"/multitoken/predict": (mt.settings.max_body_bytes, "serve.multitoken.max_body_bytes")}
+    app = _app_shell(service, settings, limits)
+    app.state.multitoken = mt
     _add_predict(app, service, settings)
     _add_status_routes(app, service, settings)
+    if mt is not None: add_multitoken_route(app, mt)
     return app
 
-# %% ../nbs/14d_api.ipynb #ac678be6
+# %% ../nbs/14d_api.ipynb #27c4b5aa
 def feed_status(feed) -> Optional[dict]:
     "A JSON-safe status of an attached feed: its `status()` / `status` if it has one."
     if feed is None: return None
@@ -411,8 +428,8 @@ def attach_feed(app: FastAPI, feed) -> None:
 ERROR_RESPONSES = {413: {"model": Problem, "description": "request body too large"},
                    429: {"model": Problem, "description": "rate limit exceeded (see Retry-After)"}}
 
-def _app_shell(service: Service, settings: ServeSettings) -> FastAPI:
-    "The app without routes: title, state, error handlers and the middleware."
+def _app_shell(service: Service, settings: ServeSettings, body_limits: Optional[dict] = None) -> FastAPI:
+    "The app without routes: title, state, error handlers and the middleware (`body_limits`: per-path body limits)."
     app = FastAPI(title="volnb spike60s", version=__version__, responses=ERROR_RESPONSES,
                   description="Is the next minute of BTC-USDT a volatility spike? Scores feature rows with the "
                               "registry's current model (falling back to the zscore baseline) and reports health, drift and metrics.")
@@ -420,7 +437,7 @@ def _app_shell(service: Service, settings: ServeSettings) -> FastAPI:
     app.state.service, app.state.live_feed = service, None
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.add_exception_handler(HTTPException, http_problem)
-    app.add_middleware(ServingMiddleware, service=service, settings=settings)
+    app.add_middleware(ServingMiddleware, service=service, settings=settings, body_limits=body_limits)
     return app
 
 # %% ../nbs/14d_api.ipynb #f573d897
@@ -447,24 +464,30 @@ def _add_predict(app: FastAPI, service: Service, settings: ServeSettings) -> Non
         if p.contributions is not None: body["contributions"] = p.contributions.records()
         return Response(json.dumps(body, allow_nan=False).encode(), media_type="application/json")
 
-# %% ../nbs/14d_api.ipynb #8c6aac79
+# %% ../nbs/14d_api.ipynb #aff5bd20
 def _add_status_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None:
     "Add `GET /health`, `/version`, `/metrics` and `/live`."
-    @app.get("/health", response_model=Health, summary="Who answers, and whether anything is wrong",
+    # exclude_unset: the `multitoken` entry appears only when the app serves the multi-token model
+    @app.get("/health", response_model=Health, summary="Who answers, and whether anything is wrong", response_model_exclude_unset=True,
              responses={503: {"model": Health, "description": "no model can answer"}})
     async def health():
         h = service.health()
+        if app.state.multitoken is not None: h["multitoken"] = app.state.multitoken.health()
         return JSONResponse(h, status_code=503) if h["status"] == "unavailable" else h
 
-    @app.get("/version", response_model=VersionInfo, summary="The answering model's version, metrics and history")
+    @app.get("/version", response_model=VersionInfo, summary="The answering model's version, metrics and history",
+             response_model_exclude_unset=True)
     async def version():
-        return service.version_info()
+        v = service.version_info()
+        if app.state.multitoken is not None: v["multitoken"] = app.state.multitoken.version_info()
+        return v
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST
         service.update_gauges()
+        if app.state.multitoken is not None: app.state.multitoken.update_gauges()
         return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/live", response_model=LiveResponse, summary="Recent live scores and the feed's status")

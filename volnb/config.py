@@ -4,18 +4,18 @@
 
 # %% auto #0
 __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELINE_MODELS', 'ARCH_DISTS', 'ATTENTION_VARIANTS',
-           'POSITIONAL_ENCODINGS', 'ModelConfig', 'BACKTEST_STRATEGIES', 'DRIFT_SOURCES', 'PANEL_BREAK_ACTIONS',
-           'ExperimentConfig', 'RefreshSource', 'GROUP_SCHEMAS', 'Schema', 'Paths', 'DataConfig', 'FeatureSpec',
-           'FeaturesConfig', 'BaselinesConfig', 'LSTMModel', 'TransformerModel', 'TrainConfig', 'ProtocolConfig',
-           'BacktestSchema', 'DriftSettings', 'ServeSettings', 'Target', 'HerremansExperiment', 'Bars', 'SpikeLabel',
-           'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment', 'PanelBreak', 'PanelCleaning', 'WalkForward',
-           'DeepModel', 'DeepSettings', 'SpilloverPenalty', 'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents',
-           'Spillover', 'RegimeWindows', 'RegimeSweep', 'RegimeSettings', 'TransferFit', 'TransferFinetune',
-           'TransferBaselineChoice', 'TransferBootstrap', 'Transfer', 'PanelStrategies', 'ExplainSettings',
-           'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource',
-           'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config',
-           'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors',
-           'validate_config', 'override_error']
+           'POSITIONAL_ENCODINGS', 'ModelConfig', 'BACKTEST_STRATEGIES', 'DRIFT_SOURCES', 'MULTITOKEN_REGISTRY',
+           'PANEL_BREAK_ACTIONS', 'ExperimentConfig', 'RefreshSource', 'GROUP_SCHEMAS', 'Schema', 'Paths', 'DataConfig',
+           'FeatureSpec', 'FeaturesConfig', 'BaselinesConfig', 'LSTMModel', 'TransformerModel', 'TrainConfig',
+           'ProtocolConfig', 'BacktestSchema', 'DriftSettings', 'MultitokenServeSettings', 'ServeSettings', 'Target',
+           'HerremansExperiment', 'Bars', 'SpikeLabel', 'ZScoreParams', 'SpikeModelParams', 'Spike60sExperiment',
+           'PanelBreak', 'PanelCleaning', 'WalkForward', 'DeepModel', 'DeepSettings', 'SpilloverPenalty',
+           'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents', 'Spillover', 'RegimeWindows', 'RegimeSweep',
+           'RegimeSettings', 'TransferFit', 'TransferFinetune', 'TransferBaselineChoice', 'TransferBootstrap',
+           'Transfer', 'PanelStrategies', 'ExplainSettings', 'MultitokenExperiment', 'HttpSettings', 'BitstampSource',
+           'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource', 'FundingSource',
+           'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override',
+           'config_sources', 'explain_errors', 'validate_config', 'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -196,7 +196,7 @@ class BacktestSchema(Schema):
     bootstrap_alpha: float
     bootstrap_seed: int
 
-# %% ../nbs/00a_config.ipynb #d144f1b7
+# %% ../nbs/00a_config.ipynb #96467cb6
 DRIFT_SOURCES = ("api", "live")   # where scored rows come from: POST /predict, the live feed
 
 class DriftSettings(BaseModel):
@@ -208,6 +208,19 @@ class DriftSettings(BaseModel):
     psi_level: float = 0.25
     ks_pvalue: float = 0.01
     health_sources: list[Literal[DRIFT_SOURCES]] = ["live"]   # sources whose drift makes /health degraded; the others are only reported
+
+MULTITOKEN_REGISTRY = Path("reports/artifacts/multitoken/registry")
+
+class MultitokenServeSettings(BaseModel):
+    "`serve.multitoken`: serving the multi-token study's model (volnb.panel_service, `POST /multitoken/predict`); null: no such route."
+    model_config = ConfigDict(extra="forbid")
+    registry: Path = MULTITOKEN_REGISTRY                  # relative to the repository root
+    max_body_bytes: int = Field(32 << 20, ge=1)          # POST /multitoken/predict only; the other routes keep serve.max_body_bytes
+    max_tokens: int = Field(256, ge=1)                   # tokens per request
+    max_hours: int = Field(2000, ge=1)                   # bars per token and request
+    reload_interval_s: float = Field(1.0, ge=0)          # how often (at most) state.json is re-read
+    fear_greed: Optional[Path] = None                    # daily fear & greed CSV used when a request brings none
+    threads: Optional[int] = Field(None, ge=1)           # torch intra-op threads (None: torch's default)
 
 class ServeSettings(BaseModel):
     "The serving settings (Hydra group `serve`; see volnb.service)."
@@ -226,6 +239,7 @@ class ServeSettings(BaseModel):
     live_buffer: int = Field(500, ge=1)
     drift: DriftSettings = DriftSettings()
     log_level: str = "info"
+    multitoken: Optional[MultitokenServeSettings] = None   # None: no multi-token route
 
 # %% ../nbs/00a_config.ipynb #eae1ce7c
 class Target(Schema):

@@ -19,7 +19,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[c["lib_path"], c["lib_path"] + ".*"]),
     include_package_data=True,
     install_requires=c["requirements"].split(),
-    extras_require={"dev": c["dev_requirements"].split()},
+    extras_require={"dev": c["dev_requirements"].split(), "ray": ["ray==2.60.0"]},
     entry_points={
         "console_scripts": c["console_scripts"].split(),
         "nbdev": [f"{c['lib_path']}={c['lib_path']}._modidx:d"],

@@ -13,7 +13,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['run_stage', 'main']
 
-# %% ../nbs/06_cli.ipynb #e6bed23d
+# %% ../nbs/06_cli.ipynb #5db5e64b
 def run_stage(name: str, overrides: str | None = None, out: str | None = None) -> Path:
     "Run pipeline stage `name` (see `volnb.stages.STAGES`) with extra Hydra `overrides`: the runner `dvc.yaml` uses."
     from volnb.stages import run_stage as _run
@@ -57,6 +57,18 @@ def main(argv=None) -> int:
     si.add_argument("--check", action="store_true", help="build: then open the site in headless Chromium (as check does)")
     si.add_argument("--out", default=None, help="check: folder for the screenshots and report.json (default reports/site_check)")
     si.add_argument("--port", type=int, default=8000, help="serve: the port on 127.0.0.1")
+    sw = sub.add_parser("sweep", help="run a papermill parameter sweep (conf/sweep/*.yaml) on a local pool, serially or on Ray")
+    sw.add_argument("spec", help="a sweep YAML file or a name of conf/sweep/, e.g. herremans_grid")
+    sw.add_argument("grid", nargs="*", metavar="KEY=VALUES", help="more grid axes in Hydra sweep syntax, e.g. train.window=16,32 seed=0..4")
+    sw.add_argument("--executor", choices=["serial", "local", "ray"], default=None, help="default: local, or ray with --address")
+    sw.add_argument("--address", default=None, help="a Ray cluster's address (auto, or host:6379 from a node of it; ray://host:10001 needs ray[client]): run the points as Ray tasks")
+    sw.add_argument("--workers", type=int, default=None, help="points at once (default: cores // threads)")
+    sw.add_argument("--threads", type=int, default=None, help="threads of each point (default: train.threads_per_run)")
+    sw.add_argument("--out", default=None, help="the sweep's folder (default reports/sweeps/<name>)")
+    sw.add_argument("--rank-by", default=None, help="the validation metric to rank on (default: the spec's rank_by)")
+    sw.add_argument("--dry-run", action="store_true", help="list the points and which would run; run nothing")
+    sw.add_argument("--keep-failed", action="store_true", help="leave failed points as they are (run the missing ones only)")
+    sw.add_argument("--force", action="store_true", help="rerun every point, done or not")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "stage":
@@ -90,6 +102,12 @@ def main(argv=None) -> int:
             stats = run_predictor(settings, replay=replay, exchange=a.live, speed=a.speed, start=a.start, end=a.end,
                                   exit_after_feed=a.exit_after_feed, history_bars=history, replay_faults=faults)
             if stats: print(json.dumps(stats, default=str))
+        elif a.cmd == "sweep":
+            from volnb.sweep import run_sweep
+            res = run_sweep(a.spec, executor=a.executor or ("ray" if a.address else "local"), workers=a.workers,
+                            threads=a.threads, address=a.address, out=a.out, extra=a.grid, keep_failed=a.keep_failed,
+                            force=a.force, dry_run=a.dry_run, rank_by=a.rank_by)
+            if not res.ok: return 1
         elif a.cmd == "site":
             from volnb.site import site_command
             print(site_command(a.action, site_dir=a.site_dir, check=a.check, out=a.out, port=a.port))

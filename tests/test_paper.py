@@ -297,3 +297,170 @@ def test_committed_ledgers_have_computed_verdicts():
         led = pd.read_csv(f)
         assert list(led.columns) == [f for f in Claim.__dataclass_fields__]
         assert set(led.verdict) <= set(VERDICTS) and led.rule.notna().all() and led.reason.notna().all()
+
+
+# ---------------------------------------------------------------- the multi-token paper (Vayyasi)
+
+import numpy as np
+
+from volnb.paper import (PEAK_REGIMES, VAYYASI_GROUPS, VERDICT_COLORS, in_set, load_vayyasi, plot_table3_dots, plot_verdict_grid,
+                         read_vayyasi, vayyasi_claims, verdict_matrix, wilson_interval)
+
+
+@pytest.fixture(scope="module")
+def V():
+    return load_vayyasi(ROOT)
+
+
+def test_vayyasi_tables_2_3_match_the_library_constants(V):
+    "conf/paper/vayyasi/table2.csv and table3.csv hold the numbers volnb.regimes and volnb.panel_explain carry."
+    from volnb.panel_explain import PAPER_TABLE3
+    from volnb.regimes import PAPER_TABLE2
+    t2 = V["table2"].set_index("regime")
+    lib = PAPER_TABLE2.set_index("regime").drop(index="all")
+    assert list(t2.index) == list(lib.index)
+    for ours, theirs in (("frequency", "paper_frequency"), ("transformer", "paper_transformer"), ("lstm", "paper_lstm"), ("garch", "paper_garch")):
+        assert np.allclose(t2[ours] / 100, lib[theirs]), ours
+    t3 = V["table3"].set_index("category")
+    lib3 = PAPER_TABLE3.set_index("category")
+    assert list(t3.index) == list(lib3.index) and np.allclose(t3.attention_pct, lib3.paper_attention_pct)
+    assert (t3.peak == lib3.paper_peak).all() and (t3.label == lib3.paper_label).all()
+
+
+def test_vayyasi_paper_against_itself(V):
+    "Table 2's advantage is transformer - LSTM; Table 2's frequencies and Table 3's weights sum to 100; Table 1's improvement row."
+    t2 = V["table2"]
+    assert np.allclose(t2.transformer - t2.lstm, t2.advantage_vs_lstm)
+    assert math.isclose(t2.frequency.sum(), 100) and math.isclose(V["table3"].attention_pct.sum(), 100)
+    t1 = V["table1"].set_index(["paper_model", "metric", "horizon"]).value
+    txt = V["text"].attrs["printed"].set_index("id").value
+    assert matches_printed(100 * (1 - t1["Transformer (Generative)", "mape", ""] / t1["LSTM", "mape", ""]), txt["impr_mape"])   # 14.49 -> 14.5
+    assert matches_printed(100 * (t1["Transformer (Generative)", "sharpe", "1h"] / t1["LSTM", "sharpe", "1h"] - 1), txt["impr_sharpe"])
+    assert set(PEAK_REGIMES) < set(V["table3"].peak)
+
+
+def test_read_vayyasi_names_a_bad_cell(copy_root):
+    root, spoil = copy_root
+    spoil("vayyasi/text", ",47,%", ",4 7,%")
+    with pytest.raises(DataValidationError) as e:
+        read_vayyasi("text", root)
+    assert e.value.column == "value" and e.value.row == 10
+    with pytest.raises(ValueError, match="unknown transcription"):
+        read_vayyasi("table9", root)
+
+
+def test_in_set_and_wilson_interval():
+    assert in_set("euphoria", ("euphoria", "capitulation")).verdict == REPRODUCED
+    assert in_set("range_bound", ("euphoria",)).verdict == NOT_REPRODUCED
+    assert in_set(float("nan"), ("euphoria",)).verdict == NOT_YET
+    with pytest.raises(ValueError): in_set("x", ())
+    # 8 of 10, by hand: centre (0.8 + z²/20)/(1 + z²/10) = 0.7164, half-width 1.96·sqrt(0.016 + z²/400)/(1 + z²/10) = 0.2264
+    lo, hi = wilson_interval(0.8, 10)
+    assert math.isclose(lo, 0.49016, abs_tol=1e-4) and math.isclose(hi, 0.94332, abs_tol=1e-4)
+    assert all(math.isnan(x) for x in wilson_interval(float("nan"), 10))
+
+
+def _tiny_table1():
+    rows = [("direction", h, m, a, a - 0.004, a + 0.004, math.nan, math.nan, math.nan)
+            for h in ("1h", "4h", "24h") for m, a in (("transformer", 0.6843), ("lstm", 0.55), ("majority", 0.50))]
+    rows += [("volatility", h, m, math.nan, math.nan, math.nan, mp, mp - 0.01, mp + 0.01)
+             for h in ("1h", "4h", "24h") for m, mp in (("transformer", 0.183), ("lstm", 0.214), ("garch", 0.276), ("ha", 0.342))]
+    t1 = pd.DataFrame(rows, columns=["task", "horizon", "model", "accuracy", "accuracy_lo", "accuracy_hi", "mape", "mape_lo", "mape_hi"])
+    ss = pd.DataFrame({"model": ["transformer", "lstm", "majority"], "fee": 0.001, "sharpe": [1.6, 0.9, 0.42]})
+    return {"table1": t1, "strategy_sharpe": ss}
+
+
+def test_vayyasi_table1_claims(V):
+    led = claims_frame(vayyasi_claims(_tiny_table1(), V, groups=["table1"])).set_index("id")
+    assert led.at["T1.accuracy.1h.transformer", "verdict"] == REPRODUCED       # [0.6803, 0.6883] holds 68.4 %
+    assert led.at["T1.accuracy.1h.transformer", "our_value"] == "68.43"         # in the paper's unit
+    assert led.at["T1.accuracy.1h.lstm", "verdict"] == NOT_REPRODUCED
+    assert led.at["T1.accuracy.4h.garch", "verdict"] == NOT_TESTABLE and led.at["T1.sharpe.garch", "verdict"] == NOT_TESTABLE
+    assert led.at["T1.sharpe.transformer", "verdict"] == REPRODUCED             # |1.6 - 1.67| <= 0.25
+    assert led.at["T1.sharpe.lstm", "verdict"] == NOT_REPRODUCED                # |0.9 - 1.24| = 0.34 > 0.25
+    # improvement on Sharpe: 1.6 / 0.9 - 1 = 78 % against 34.7 % ± 17.35 -> not reproduced; accuracy 1h: 68.43/55 - 1 = 24.4 % vs 10.9 ± 5.45
+    assert led.at["T1.improvement.sharpe", "verdict"] == NOT_REPRODUCED and led.at["T1.improvement.accuracy.1h", "verdict"] == NOT_REPRODUCED
+    assert led.at["S6.1.mape_order", "verdict"] == REPRODUCED and led.at["S6.1.best_direction.1h", "verdict"] == REPRODUCED
+    assert set(led.verdict) <= set(VERDICTS) and led.rule.ne("").all()
+
+
+def test_vayyasi_claims_errors(V):
+    with pytest.raises(ValueError, match="unknown claim groups"):
+        vayyasi_claims({}, V, groups=["table9"])
+    with pytest.raises(KeyError, match="spillover_events"):
+        vayyasi_claims({}, V, groups=["spillover"])
+    assert "strategies" in VAYYASI_GROUPS
+
+
+def test_vayyasi_strategy_that_never_trades_is_not_reproduced(V):
+    base = dict(horizon="1h", rule="threshold", threshold=0.7, sides="long_short")
+    rows = []
+    for s, trades in (("transformer", 0), ("lstm", 40), ("garch", 40)):
+        rows.append({**base, "strategy": s, "metric": "n_trades", "ours": trades, "lo": math.nan, "hi": math.nan})
+        for metric, v in (("sharpe", 1.5), ("max_drawdown", 0.2), ("annual_return", 0.3), ("volatility", 0.3), ("win_rate", 0.6), ("win_loss_ratio", 1.5)):
+            rows.append({**base, "strategy": s, "metric": metric, "ours": v if trades else math.nan, "lo": v - 0.5 if trades else math.nan,
+                         "hi": v + 0.5 if trades else math.nan})
+    for metric, v in (("sharpe", 0.7), ("max_drawdown", 0.5), ("annual_return", 0.47), ("volatility", 0.68)):
+        rows.append(dict(strategy="buy_and_hold_btc", horizon=math.nan, rule="buy_and_hold", threshold=math.nan, sides="long_only",
+                         metric=metric, ours=v, lo=v - 0.01, hi=v + 0.01))
+    led = claims_frame(vayyasi_claims({"table5": pd.DataFrame(rows)}, V, groups=["strategies"])).set_index("id")
+    assert led.at["T5.sharpe.transformer", "verdict"] == NOT_REPRODUCED and "trades taken" in led.at["T5.sharpe.transformer", "reason"]
+    assert led.at["T5.sharpe.lstm", "verdict"] == REPRODUCED                    # [1.0, 2.0] holds 1.24
+    assert led.at["T5.sharpe.buy_and_hold_btc", "verdict"] == REPRODUCED        # [0.69, 0.71] holds [0.685, 0.695]
+    assert led.at["T5.volatility.buy_and_hold_btc", "verdict"] == REPRODUCED    # [0.67, 0.69] holds 68.2 %
+    assert led.at["S6.8.sharpe_order", "verdict"] == NOT_REPRODUCED and led.at["S6.8.beats_hold", "verdict"] == NOT_REPRODUCED
+
+
+def test_vayyasi_regime_and_system_claims(V):
+    regs = list(V["table2"].regime)
+    freq = [0.234, 0.187, 0.312, 0.083, 0.068, 0.116]
+    regimes = pd.DataFrame({"regime": regs, "freq_test": [f + 0.04 for f in freq[:3]] + [f + 0.06 for f in freq[3:]]})
+    acc_t, acc_l = [0.712, 0.60, 0.641, 0.694, 0.746, 0.618], [0.653, 0.621, 0.619, 0.587, 0.603, 0.574]
+    t2 = pd.DataFrame({"regime": regs, "transformer_accuracy": acc_t, "transformer_lo": [a - 0.01 for a in acc_t],
+                       "transformer_hi": [a + 0.01 for a in acc_t], "lstm_accuracy": acc_l, "lstm_lo": [a - 0.01 for a in acc_l],
+                       "lstm_hi": [a + 0.01 for a in acc_l]})
+    ks = pd.DataFrame({"k": [2, 6], "silhouette": [0.1, 0.2], "stability_ari": [0.9, 0.5]})
+    led = claims_frame(vayyasi_claims({"regimes": regimes, "table2": t2, "regime_k_sweep": ks}, V, groups=["regimes"])).set_index("id")
+    assert led.at["T2.frequency.low_vol_trending", "verdict"] == REPRODUCED and led.at["T2.frequency.euphoria", "verdict"] == NOT_REPRODUCED
+    assert led.at["T2.accuracy.transformer.high_vol_trending", "verdict"] == NOT_REPRODUCED
+    assert led.at["S6.3.beats_lstm", "verdict"] == NOT_REPRODUCED              # high-vol trending 0.60 < 0.621
+    assert led.at["S6.3.largest_advantage", "verdict"] == NOT_REPRODUCED       # capitulation 0.107 beats high-vol trending
+    assert led.at["S5.3.k6.silhouette", "verdict"] == REPRODUCED and led.at["S5.3.k6.stability_ari", "verdict"] == NOT_REPRODUCED
+    serving = pd.DataFrame({"scenario": "model", "concurrency": 1, "tokens": [16, 111], "p50_ms": [135.0, 650.0], "p95_ms": [150.0, 800.0],
+                            "p99_ms": [170.0, 940.0], "mean_ms": [128.0, 640.0]})
+    sys = claims_frame(vayyasi_claims({"serving": serving}, V, groups=["system"])).set_index("id")
+    assert sys.at["T4.latency_p95.16tok", "verdict"] == REPRODUCED and sys.at["T4.latency_p95.111tok", "verdict"] == NOT_REPRODUCED
+    for cid in ("T4.availability", "T4.cost", "T4.daily_observations", "C.java"):
+        assert sys.at[cid, "verdict"] == NOT_TESTABLE and sys.at[cid, "reason"]
+
+
+def test_verdict_grid_shape_and_colours():
+    from matplotlib.colors import to_rgba
+    led = claims_frame([claim("a", "a", "s", 1, 1, "clean; x", within_tolerance(1, 1)),
+                        claim("b", "b", "s", 1, 2, "clean", within_tolerance(1, 2)),
+                        claim("c", "c", "s", 1, "", "clean", not_testable("why", yet=True)),
+                        claim("a", "a", "s", 1, "", "published_code; y", not_testable("why"))])
+    m = verdict_matrix(led)
+    assert list(m.index) == ["a", "b", "c"] and list(m.columns) == ["clean", "published_code"] and m.at["b", "published_code"] == ""
+    fig = plot_verdict_grid(led, rows_per_panel=2)               # 3 claims in 2 balanced panels of 2 rows
+    assert len(fig.axes) == 2
+    rgba = np.concatenate([a.images[0].to_rgba(a.images[0].get_array()) for a in fig.axes])
+    assert rgba.shape[:2] == (3, 2)
+    expect = [[REPRODUCED, NOT_TESTABLE], [NOT_REPRODUCED, None], [NOT_YET, None]]
+    for i, row in enumerate(expect):
+        for j, v in enumerate(row):
+            assert np.allclose(rgba[i, j], to_rgba(VERDICT_COLORS[v] if v else "#ffffff")), (i, j)
+    with pytest.raises(ValueError, match="unknown verdicts"):
+        verdict_matrix(led.assign(verdict="maybe"))
+
+
+def test_table3_dots(P):
+    seeds = pd.DataFrame({"rule": "vol>=1", "model": ["lstm", "lstm", "synth_dense"], "seed": [0, 1, 0], "mae": [0.15, 0.16, 0.1545],
+                          "rmse": [0.2, 0.21, 0.19], "f1": [0.2, 0.3, 0.4]})
+    fig = plot_table3_dots(seeds, P, target_range=(0.1, 1.6))
+    rmse_ax, f1_ax = fig.axes[:2]
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in rmse_ax.collections if len(c.get_offsets())])
+    assert np.isclose(xs, 0.1).any() and np.isclose(xs, 0.103).any()          # 0.15 / 1.5 and the paper's Synthesizer D
+    assert [t.get_text() for t in rmse_ax.get_yticklabels()] == list(P["table3"].set_index("model").loc[["lstm", "synth_dense"], "source_row"])
+    with pytest.raises(ValueError, match="no model"):
+        plot_table3_dots(seeds.assign(model="other"), P)

@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from volnb.panel_features import panel_features, panel_targets
+from volnb.panel_features import panel_targets
 from volnb.panel_models import block_data, predict_rows
 from volnb.transfer import (best_baselines, compare_models, comparison_frame, finetune, prepare_finetune, pretrain, restrict,
                             target_groups, train_alone, transfer_block, transfer_tables, window_counts)
 from volnb.walkforward import Block, baseline_metrics, bootstrap_intervals
+
+from synthetic_panel import features, one_block, synthetic_panel as _panel
 
 SETTINGS = {"window": 24, "warmup": 24, "quantiles": [0.1, 0.5, 0.9], "loss_weights": [1.0, 1.0, 1.0],
             "min_token_hours": 200, "n_buckets": 2, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.0,
@@ -25,32 +27,9 @@ CATS = {"BTC": "large", "ETH": "large", "AAA": "x", "BBB": "y", "CCC": "y"}
 MAJORS = ["BTC", "ETH"]
 
 
-def synthetic_panel(hours=3000, tokens=("BTC", "ETH", "AAA", "BBB"), phi=-0.6, seed=0, start="2021-01-01"):
-    "Hourly bars whose log returns are AR(1) with coefficient `phi`: the next hour's sign is predictable from the last."
-    rng = np.random.default_rng(seed)
-    parts = []
-    for k, tok in enumerate(tokens):
-        e = rng.normal(0, 0.01 * (1 + k), hours)           # the targets are more volatile than the majors
-        r = np.zeros(hours)
-        for t in range(1, hours): r[t] = phi * r[t - 1] + e[t]
-        c = 10.0 * (k + 1) * np.exp(np.cumsum(r))
-        o = np.r_[c[0], c[:-1]]
-        spread = np.abs(rng.normal(0, 0.003, hours))
-        parts.append(pd.DataFrame({"token": tok, "timestamp": pd.date_range(start, periods=hours, freq="h"),
-                                   "open": o, "high": np.maximum(o, c) * (1 + spread), "low": np.minimum(o, c) * (1 - spread),
-                                   "close": c, "volume": rng.lognormal(10, 0.5, hours), "filled": False}))
-    return pd.concat(parts, ignore_index=True)
-
-
-def features(panel):
-    "The causal features, without those a panel lacking BTC's cross features and the fear & greed index leaves empty."
-    return panel_features(panel, btc=None, eth=None).dropna(axis=1, how="all")
-
-
-def one_block(panel):
-    t0 = panel.timestamp.min()
-    return Block((None, t0 + pd.Timedelta(hours=2000)), (t0 + pd.Timedelta(hours=2000), t0 + pd.Timedelta(hours=2400)),
-                 (t0 + pd.Timedelta(hours=2400), t0 + pd.Timedelta(hours=3000)))
+def synthetic_panel(hours=3000, tokens=("BTC", "ETH", "AAA", "BBB"), seed=0, start="2021-01-01"):
+    "The shared AR(1) panel with majors first; the targets are more volatile than the majors."
+    return _panel(hours, tokens, seed=seed, start=start, vol_growth=1.0)
 
 
 def make_data(panel, min_token_hours=200, targets=None):

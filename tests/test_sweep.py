@@ -1,6 +1,6 @@
 """`volnb sweep`: spec expansion and point ids, the local process pool and Ray executors (a local Ray instance
-started here), resumption after an interruption, failure isolation and the exit code, ranking on validation only,
-and DVC's Hydra composition turned back into overrides. The points run a tiny stand-in stage notebook (same
+started here), resumption after an interruption, failure isolation and the exit code, and ranking on validation only
+(DVC's own experiment path is tested in tests/test_params.py). The points run a tiny stand-in stage notebook (same
 `experiment`/`overrides` parameters as the pipeline's) whose "validation RMSE" is a known function of the point."""
 import json
 import os
@@ -179,18 +179,3 @@ def test_ray_failure_does_not_stop_others(ray_local, fake_nb, tmp_path):
     res = S.run_sweep(spec(fake_nb, grid={"train.lr": [1e-3], "train.window": [7, 16, 32]}), executor="ray",
                       out=tmp_path / "rf", log=None)
     assert len(res.failed) == 1 and res.summary.status.tolist() == ["ok", "ok", "failed"]
-
-
-# ------------------------------------------------------------------------------------------ DVC's path
-def test_params_overrides_round_trip_dvc_hydra_composition(tmp_path):
-    "DVC's own composition (what `dvc exp run -S ...` writes to params.yaml) turned back into overrides."
-    from dvc.utils.hydra import compose_and_dump
-    conf = project_root() / "conf"
-    for ov in [["train.lr=0.0003", "experiment.models=[synth_dense]", "train.seeds=[0]"], ["model=lstm", "train.window=16"], []]:
-        params = tmp_path / "params.yaml"
-        compose_and_dump(params, str(conf), None, "config", str(tmp_path), ov)
-        got = S.params_overrides(params)
-        assert sorted(got) == sorted(ov)
-        again = S._container(compose_config(got))
-        want = yaml.safe_load(params.read_text()); want["paths"].pop("root")
-        assert again == want

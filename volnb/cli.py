@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     st.add_argument("--out", default=None, help="where to write the executed notebook")
     st.add_argument("--list", action="store_true", help="list the stages with their notebook and fixed overrides")
     st.add_argument("--check-deps", action="store_true", help="exit 1 if a stage of dvc.yaml misses a module or config group it reads")
-    st.add_argument("--sync-deps", action="store_true", help="rewrite dvc.yaml's code and config deps from what each notebook reads")
+    st.add_argument("--sync-deps", action="store_true", help="rewrite dvc.yaml's code, config and params deps from what each notebook reads, and params.yaml")
     st.add_argument("--requirements", action="store_true", help="print the code and config paths stage NAME must depend on")
     rf = sub.add_parser("refresh", help="download the raw files again from the public APIs (network needed)")
     rf.add_argument("--data-dir", required=True, help="folder to write into (not data/, which data.dvc pins)")
@@ -78,10 +78,13 @@ def main(argv=None) -> int:
             elif a.check_deps:
                 miss = missing_deps()
                 for name, paths in miss.items(): print(f"{name}: missing deps {', '.join(paths)}")
-                if miss: return 1
-                print("dvc.yaml: every stage depends on the modules and config groups it reads")
+                from volnb.params import params_current
+                if not params_current(): print("params.yaml: not the default composition of conf/ (run volnb stage --sync-deps)")
+                if miss or not params_current(): return 1
+                print("dvc.yaml: every stage depends on the modules and config groups it reads; params.yaml is current")
             elif a.sync_deps:
-                sync_deps(); print("dvc.yaml: deps rewritten")
+                from volnb.params import write_params
+                sync_deps(); write_params(); print("dvc.yaml: deps and params rewritten; params.yaml: the default composition of conf/")
             elif a.name is None: raise ValueError("stage: give a stage name, --list, --check-deps or --sync-deps")
             elif a.requirements: print("\n".join(stage_requirements(a.name)))
             else: print(run_stage(a.name, a.overrides, a.out))

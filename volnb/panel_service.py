@@ -11,7 +11,7 @@ __all__ = ['MultitokenSettings', 'BUNDLE_KEYS', 'BAR_COLUMNS', 'REASONS', 'EWMA_
            'RequestFieldError', 'bars_frame', 'fear_greed_series', 'VolatilityForecast', 'TokenForecast',
            'MultitokenResponse', 'response_body', 'panel_service_for', 'add_multitoken_route']
 
-# %% ../nbs/20d_panel_service.ipynb #9e53fc19
+# %% ../nbs/20d_panel_service.ipynb #fcce2ed8
 import json
 import logging
 import math
@@ -32,7 +32,7 @@ from scipy.signal import lfilter
 from .core import DataValidationError, jsonable, make_temp_dir, project_root, write_json
 from .panel_features import check_panel, feature_groups, panel_features
 from .panel_models import FeatureScaler, PanelForecaster, forecast_frame, quantile_label
-from .registry import Registry, RegistryError, now_iso
+from .registry import Registry, RegistryError, RegistryFollower, now_iso
 
 # %% ../nbs/20d_panel_service.ipynb #a88b9d61
 from .config import MULTITOKEN_REGISTRY, MultitokenServeSettings
@@ -417,7 +417,7 @@ class MultitokenMetrics:
                            "variant requested.", ["variant", "version", "requested"], registry=r)
         self.degraded = Gauge("volnb_multitoken_degraded", "1 when the multi-token entry of /health is degraded.", registry=r)
 
-# %% ../nbs/20d_panel_service.ipynb #d390cac3
+# %% ../nbs/20d_panel_service.ipynb #c3c1fb37
 @dataclass
 class LoadedPanel:
     "A loaded multi-token scorer and its version and registration record."
@@ -425,8 +425,12 @@ class LoadedPanel:
     version: str
     record: dict
 
-class PanelService:
+class PanelService(RegistryFollower):
     "The registry's current multi-token model with its baseline, reloads and metrics (see above)."
+    slot, no_current = "model", "no multitoken version is current in state.json"    # for RegistryFollower.reload
+    def _load_failed(self) -> None: self.metrics.failures.labels("load").inc()   # a version not loaded: a model failure at load
+    def _on_reload(self) -> None:       # the horizons of the model loaded (of the last one loaded while there is none)
+        if self.model is not None: self.horizons, self.quantiles = self.model.scorer.horizons, self.model.scorer.quantiles
     def __init__(self, registry, settings: Optional[MultitokenSettings] = None, metrics_registry=None, loader=None):
         self.settings = settings or MultitokenSettings()
         self.registry = registry if isinstance(registry, Registry) else Registry(registry, loader=loader or load_multitoken_artefact)
@@ -436,7 +440,6 @@ class PanelService:
         if self.settings.threads: torch.set_num_threads(self.settings.threads)
         self._lock = threading.RLock()
         self._scoring = threading.Lock()           # one request scored at a time per process (see predict)
-        self._state_bytes, self._checked = None, -math.inf
         self.model: Optional[LoadedPanel] = None
         self.requested, self.current, self.problems = "ml", None, {}
         self.horizons, self.quantiles = [1, 4, 24], []
@@ -444,43 +447,13 @@ class PanelService:
         self.reload(force=True)
 
 @patch
-def _load(self: PanelService, version: str):
+def _load_current(self: PanelService, version: str):
     "Load one version; returns (LoadedPanel, None) or (None, why, relative to the registry)."
     try: return LoadedPanel(self.registry.load(version), version, self.registry.record(version)), None
     except Exception as e:
         logging.getLogger("volnb.serving").warning("multitoken artefact not loaded", extra={"fields": {
             "event": "load_failed", "version": version, "error": str(e)}})
         return None, self.registry.redact(f"multitoken artefact {version} could not be loaded: {type(e).__name__}: {e}")
-
-@patch
-def reload(self: PanelService, force: bool = False) -> bool:
-    "Re-read `state.json` and load the current version if it changed (or when `force`); returns whether it re-read."
-    with self._lock:
-        try: raw = self.registry.state_path.read_bytes()
-        except OSError: raw = b""
-        if not force and raw == self._state_bytes: return False
-        self._state_bytes = raw
-        try: st = self.registry.state()
-        except RegistryError as e:
-            self.problems["state"] = self.registry.redact(f"{e}; serving what was loaded before")
-            return True
-        self.problems.pop("state", None)
-        self.requested, self.current = st["variant"], st["current"]
-        if st["current"] is None:
-            self.model, self.problems["ml"] = None, "no multitoken version is current in state.json"
-        elif force or self.model is None or self.model.version != st["current"] or self.problems.get("ml"):
-            self.model, self.problems["ml"] = self._load(st["current"])
-            if self.model is None: self.metrics.failures.labels("load").inc()
-        if self.model is not None: self.horizons, self.quantiles = self.model.scorer.horizons, self.model.scorer.quantiles
-        return True
-
-@patch
-def maybe_reload(self: PanelService) -> bool:
-    "Reload if `state.json` changed, looking at most every `reload_interval_s` seconds."
-    now = time.monotonic()
-    if now - self._checked < self.settings.reload_interval_s: return False
-    self._checked = now
-    return self.reload()
 
 # %% ../nbs/20d_panel_service.ipynb #bfa3128a
 @patch

@@ -4,13 +4,15 @@
 
 # %% auto #0
 __all__ = ['VERSION_RE', 'VARIANTS', 'KINDS', 'RegistryError', 'now_iso', 'default_loader', 'describe_scorer', 'Registry',
-           'load_settings', 'format_versions', 'loader_for', 'registry_root', 'registry_command']
+           'RegistryFollower', 'load_settings', 'format_versions', 'loader_for', 'registry_root', 'registry_command']
 
-# %% ../nbs/14a_registry.ipynb #cf4c7c94
+# %% ../nbs/14a_registry.ipynb #820b6a3c
 import json
+import math
 import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -279,6 +281,58 @@ def versions(self: Registry) -> list:
         status = "current" if v == st["current"] else "previous" if v in st["history"] else "baseline" if v == "baseline" else ""
         out.append({"version": v, "status": status, **{k: x for k, x in rec.items() if k != "version"}})
     return out
+
+# %% ../nbs/14a_registry.ipynb #cf6145cf
+class RegistryFollower:
+    "The part of a service that follows a registry's `state.json` and keeps its current version loaded (see above)."
+    slot: str = "ml"                                            # the attribute holding the loaded current version (has `.version`)
+    no_current: str = "no version is current in state.json"     # problems['ml'] when state.json names no current version
+    _state_bytes, _checked = None, -math.inf                    # state.json as last read; when maybe_reload last looked
+
+    def _load_current(self, version: str) -> tuple:
+        "Load `version`: `(loaded, None)`, or `(None, why)` when it cannot be loaded."
+        raise NotImplementedError
+    def _load_failed(self) -> None:
+        "The current version could not be loaded (a service counts it)."
+    def _on_state_error(self) -> None:
+        "`state.json` could not be read; what was loaded before stays."
+    def _on_state(self, st: dict, force: bool) -> None:
+        "The state was read (`requested` and `current` are set); called before the current version is loaded."
+    def _on_reload(self) -> None:
+        "The current version is up to date; the last step of a reload that read a valid state."
+
+    def reload(self, force: bool = False) -> bool:
+        "Re-read `state.json` and reload what changed (or everything when `force`); returns whether it re-read."
+        with self._lock:
+            try: raw = self.registry.state_path.read_bytes()
+            except OSError: raw = b""
+            if not force and raw == self._state_bytes: return False
+            self._state_bytes = raw
+            try: st = self.registry.state()
+            except RegistryError as e:
+                self.problems["state"] = self.registry.redact(f"{e}; serving what was loaded before")
+                self._on_state_error()
+                return True
+            self.problems.pop("state", None)
+            self.requested, self.current = st["variant"], st["current"]
+            self._on_state(st, force)
+            loaded = getattr(self, self.slot)
+            if st["current"] is None:
+                setattr(self, self.slot, None)
+                self.problems["ml"] = self.no_current
+            elif force or loaded is None or loaded.version != st["current"] or self.problems.get("ml"):
+                loaded, self.problems["ml"] = self._load_current(st["current"])
+                setattr(self, self.slot, loaded)
+                if loaded is None: self._load_failed()
+            self._on_reload()
+            return True
+
+    def maybe_reload(self) -> bool:
+        "Reload if `state.json` changed, looking at most every `settings.reload_interval_s` seconds."
+        now = time.monotonic()
+        if now - self._checked < self.settings.reload_interval_s: return False
+        self._checked = now
+        return self.reload()
 
 # %% ../nbs/14a_registry.ipynb #edde08a1
 def load_settings(overrides=None, config_dir=None) -> ServeSettings:

@@ -6,7 +6,7 @@
 __all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'OUT_OF_RANGE_MARGIN', 'log', 'ScoreHistogram', 'ServiceMetrics', 'Loaded',
            'Prediction', 'training_bounds', 'out_of_range', 'ServiceUnavailable', 'row_from_mapping', 'Service']
 
-# %% ../nbs/14c_service.ipynb #9a5bfd9c
+# %% ../nbs/14c_service.ipynb #c47fe027
 import logging
 import math
 import threading
@@ -23,7 +23,7 @@ from . import __version__
 from .config import DRIFT_SOURCES, DriftSettings, ServeSettings
 from .core import DataValidationError, jsonable
 from .drift import DriftMonitor, DriftReference
-from .registry import Registry, RegistryError, load_settings, now_iso
+from .registry import Registry, RegistryError, RegistryFollower, load_settings, now_iso
 
 # %% ../nbs/14c_service.ipynb #38947fb4
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -163,9 +163,12 @@ def row_from_mapping(features: dict, names: Sequence[str]) -> np.ndarray:
 
 log = logging.getLogger("volnb.serving")
 
-# %% ../nbs/14c_service.ipynb #c7188918
-class Service:
+# %% ../nbs/14c_service.ipynb #a2243dc7
+class Service(RegistryFollower):
     "Scores feature rows with the registry's current model, falls back to the baseline, and watches drift."
+    slot, no_current = "ml", "no ML version is current in state.json"        # for RegistryFollower.reload
+    def _load_current(self, version: str): return self._load(version, "ml")
+    def _load_failed(self) -> None: self.metrics.fallbacks.labels("load").inc()    # an ML artefact not loaded: a fallback at load
     def __init__(self, registry, settings: Optional[ServeSettings] = None, loader: Optional[Callable] = None):
         self.settings = settings or ServeSettings()
         self.registry = registry if isinstance(registry, Registry) else Registry(registry, loader=loader)
@@ -174,7 +177,6 @@ class Service:
         self.metrics, self.started = ServiceMetrics(), time.time()
         self.live = deque(maxlen=self.settings.live_buffer)
         self._lock = threading.RLock()
-        self._state_bytes, self._checked = None, -math.inf
         self.ml = self.baseline = None
         self.requested, self.current = "ml", None
         self.problems = {}            # slot ("state", "ml", "baseline", "drift") -> why it is unusable
@@ -182,7 +184,7 @@ class Service:
         self._reference = self._reference_of = None    # the prepared drift reference, and the model it came from
         self.reload(force=True)
 
-# %% ../nbs/14c_service.ipynb #3d31256b
+# %% ../nbs/14c_service.ipynb #9a0a500f
 @patch
 def _load(self: Service, version: str, variant: str):
     "Load one artefact; returns (Loaded, None) or (None, why it failed)."
@@ -198,49 +200,32 @@ def _load(self: Service, version: str, variant: str):
         return None, self.registry.redact(f"{variant} artefact {version} could not be loaded: {type(e).__name__}: {e}")
 
 @patch
-def reload(self: Service, force: bool = False) -> bool:
-    "Re-read `state.json` and reload what changed (or everything when `force`); returns whether it re-read."
-    with self._lock:
-        try: raw = self.registry.state_path.read_bytes()
-        except OSError: raw = b""
-        if not force and raw == self._state_bytes: return False
-        self._state_bytes = raw
-        try: st = self.registry.state()
-        except RegistryError as e:
-            self.problems["state"] = self.registry.redact(f"{e}; serving what was loaded before")
-            if self.baseline is None and self.registry.baseline_dir.is_dir():   # the baseline needs no state
-                self.baseline, self.problems["baseline"] = self._load("baseline", "baseline")
-            self._require_features()
-            self._use_reference(self.pick())
-            return True
-        self.problems.pop("state", None)
-        self.requested, self.current = st["variant"], st["current"]
-        if self.registry.baseline_dir.is_dir():
-            if force or self.baseline is None or self.baseline.record.get("registered_at") != st["baseline"]:
-                self.baseline, self.problems["baseline"] = self._load("baseline", "baseline")
-        else:
-            self.baseline, self.problems["baseline"] = None, "no baseline registered (baseline/ is missing): nothing to fall back to"
-        if st["current"] is None:
-            self.ml, self.problems["ml"] = None, "no ML version is current in state.json"
-        elif force or self.ml is None or self.ml.version != st["current"] or self.problems.get("ml"):
-            self.ml, self.problems["ml"] = self._load(st["current"], "ml")
-            if self.ml is None: self.metrics.fallbacks.labels("load").inc()
-        if self.features is None and (self.ml or self.baseline) is not None:
-            self.features = [str(f) for f in (self.ml or self.baseline).scorer.features]
-        self._require_features()
-        model = self.pick()
-        self._use_reference(model)
-        log.info("state loaded", extra={"fields": {"event": "reload", "requested": self.requested, "current": self.current,
-                                                    "serving": None if model is None else model.version}})
-        return True
+def _on_state_error(self: Service) -> None:
+    "`state.json` cannot be read: load the baseline if it is not yet (it needs no state), keep the rest."
+    if self.baseline is None and self.registry.baseline_dir.is_dir():
+        self.baseline, self.problems["baseline"] = self._load("baseline", "baseline")
+    self._require_features()
+    self._use_reference(self.pick())
 
 @patch
-def maybe_reload(self: Service) -> bool:
-    "Reload if `state.json` changed, checking at most every `reload_interval_s` seconds."
-    now = time.monotonic()
-    if now - self._checked < self.settings.reload_interval_s: return False
-    self._checked = now
-    return self.reload()
+def _on_state(self: Service, st: dict, force: bool) -> None:
+    "Reload the baseline when it was re-registered (or on `force`), before the ML version."
+    if self.registry.baseline_dir.is_dir():
+        if force or self.baseline is None or self.baseline.record.get("registered_at") != st["baseline"]:
+            self.baseline, self.problems["baseline"] = self._load("baseline", "baseline")
+    else:
+        self.baseline, self.problems["baseline"] = None, "no baseline registered (baseline/ is missing): nothing to fall back to"
+
+@patch
+def _on_reload(self: Service) -> None:
+    "After a reload: the feature list (from the first artefact loaded when not configured), the drift reference, a log line."
+    if self.features is None and (self.ml or self.baseline) is not None:
+        self.features = [str(f) for f in (self.ml or self.baseline).scorer.features]
+    self._require_features()
+    model = self.pick()
+    self._use_reference(model)
+    log.info("state loaded", extra={"fields": {"event": "reload", "requested": self.requested, "current": self.current,
+                                                "serving": None if model is None else model.version}})
 
 # %% ../nbs/14c_service.ipynb #dd990673
 @patch

@@ -30,7 +30,7 @@ from .core import compose_config, jsonable, project_root, split_overrides, write
 __all__ = ['TRAIN_STAGES', 'THREAD_ENV', 'EXECUTORS', 'SweepSpecError', 'SweepSpec', 'sweep_values', 'load_spec', 'Point',
            'point_id', 'expand_points', 'point_state', 'point_metrics', 'metric_span', 'check_rank_column',
            'rank_points', 'run_point', 'SweepPlan', 'plan_sweep', 'run_serial', 'run_local', 'run_ray', 'collect',
-           'write_summary', 'SweepResult', 'default_workers', 'run_sweep', 'params_overrides']
+           'write_summary', 'SweepResult', 'default_workers', 'run_sweep']
 
 # %% ../nbs/25_sweep.ipynb #8a4cb10a
 class SweepSpecError(ValueError):
@@ -63,10 +63,6 @@ def _check_key(key: str, what: str):
 # %% ../nbs/25_sweep.ipynb #bae9720c
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
-def _parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    return OverridesParser.create()
-
 def sweep_values(key: str, text: str) -> list:
     "The values of `key=text` in Hydra's sweep syntax (`16,32`, `range(0,5)`, `choice(a,b)`) or `a..b` (inclusive)."
     m = _RANGE.match(str(text))
@@ -82,18 +78,8 @@ def sweep_values(key: str, text: str) -> list:
     if not vals: raise ValueError(f"{key}: no values in {text!r}")
     return vals
 
-def _hydra_value(v) -> str:
-    "`v` as the value of a Hydra override (`key=<this>`)."
-    if v is None: return "null"
-    if isinstance(v, bool): return "true" if v else "false"
-    if isinstance(v, (int, float)): return repr(v)
-    if isinstance(v, (list, tuple)): return "[" + ",".join(_hydra_value(x) for x in v) + "]"
-    if isinstance(v, dict): return "{" + ",".join(f"{k}:{_hydra_value(x)}" for k, x in v.items()) + "}"
-    s = str(v)
-    try:
-        if re.fullmatch(r"[\w.:/+\-]+", s) and _parser().parse_override(f"k={s}").value() == s: return s
-    except Exception: pass
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
 
 # %% ../nbs/25_sweep.ipynb #285d5e79
 def _spec_error(where: str, e: ValidationError) -> SweepSpecError:
@@ -553,52 +539,3 @@ def run_sweep(spec, executor: str = "local", workers: int | None = None, threads
         for r in summary[summary["status"].ne("ok")].itertuples():
             log(f"  {r.point}: {r.status} {r.error or ''} (notebook: {plan.out / r.point / plan.tasks[r.point]['notebook_name']})", flush=True)
     return SweepResult(summary, finished, [p.id for p in plan.points if p.id not in todo], failed_all, secs, plan.out)
-
-# %% ../nbs/25_sweep.ipynb #43f47119
-_DEFAULT_GROUPS = ("data", "features", "baselines", "model", "train", "protocol", "backtest", "serve")
-
-def _leaves(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v: out.update(_leaves(v, key + "."))
-        else: out[key] = v
-    return out
-
-def _container(cfg) -> dict:
-    from omegaconf import OmegaConf
-    d = OmegaConf.to_container(cfg, resolve=True)
-    d.get("paths", {}).pop("root", None)
-    return d
-
-def params_overrides(params, base: str | Sequence[str] | None = None) -> list[str]:
-    "Hydra overrides that turn `compose_config(base)` into `params` (a mapping or a path to DVC's `params.yaml`)."
-    if not isinstance(params, dict): params = yaml.safe_load(Path(params).read_text(encoding="utf-8"))
-    target = json.loads(json.dumps(params)); target.get("paths", {}).pop("root", None)
-    base = split_overrides(base)
-    ov = []
-    exp = (target.get("experiment") or {}).get("name")
-    if exp and exp != _container(compose_config(base))["experiment"]["name"]: ov.append(f"experiment={exp}")
-    current = _container(compose_config([*base, *ov]))
-    conf = project_root() / "conf"
-    for g in _DEFAULT_GROUPS:
-        if g not in target or target[g] == current.get(g): continue
-        def distance(section): 
-            a, b = _leaves(section), _leaves(target[g])
-            return sum(a.get(k, object()) != b.get(k, object()) for k in set(a) | set(b))
-        best, best_d = None, distance(current[g])
-        for f in sorted((conf / g).glob("*.yaml")):
-            dd = distance(_container(compose_config([*base, *ov, f"{g}={f.stem}"]))[g])
-            if dd < best_d: best, best_d = f.stem, dd
-        if best is not None: ov.append(f"{g}={best}")
-    current = _leaves(_container(compose_config([*base, *ov])))
-    want = _leaves(target)
-    for k, v in want.items():
-        if k not in current: ov.append(f"+{k}={_hydra_value(v)}")
-        elif current[k] != v: ov.append(f"{k}={_hydra_value(v)}")
-    ov += [f"~{k}" for k in current if k not in want]
-    got = _leaves(_container(compose_config([*base, *ov])))
-    if got != want:
-        bad = sorted(k for k in set(got) | set(want) if got.get(k, object()) != want.get(k, object()))
-        raise ValueError(f"params cannot be expressed as overrides of the config: keys {bad[:10]}")
-    return ov

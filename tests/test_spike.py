@@ -765,6 +765,12 @@ def test_stages_on_a_slice(stage_run):
         assert (rep / f"figures/spike60s/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cal = pd.read_csv(rep / "tables/spike60s/calibration.csv")
     assert (cal.groupby(["model", "split"]).n.sum() == t.set_index(["model", "split"]).n.loc[cal.groupby(["model", "split"]).n.sum().index]).all()
+    ep = pd.read_csv(rep / "tables/spike60s/equal_prevalence.csv")       # issue 15: our labels beside the deck's share
+    assert set(ep.labels) == {"ours", "deck"} and set(ep.split) == {"validation", "test"} and set(ep.model) == set(SPIKE_MODELS)
+    deck = ep[ep.labels == "deck"]
+    assert deck.train_share.sub(0.43).abs().max() <= 1 / splits.loc["train", "rows"] and (deck.target_share == 0.43).all()
+    ours = ep[ep.labels == "ours"].set_index(["model", "split"])
+    assert_allclose(ours.pr_auc, t.set_index(["model", "split"]).pr_auc.loc[ours.index], rtol=0, atol=1e-12)
 
 
 def test_stage_artefacts_reproduce_predictions(stage_run):

@@ -23,11 +23,12 @@ from .metrics import precision_recall_f1
 
 # %% auto #0
 __all__ = ['SPIKE_MODELS', 'SPIKE_SPLITS', 'SYNTHETIC_FEATURES', 'ARTEFACT_FORMAT', 'ARTEFACT_FILES', 'CONTRIBUTION_SPACES',
-           'LOWER_IS_BETTER', 'MODELS_TABLE_COLUMNS', 'MODEL_METRICS', 'CALIBRATION_SPLITS', 'synthetic_spike_frame',
-           'ZScoreClassifier', 'SpikeModel', 'fit_spike_model', 'train_spike_models', 'score_spike_models',
-           'ArtefactError', 'sample_reference', 'export_arrays', 'SpikeScorer', 'save_artefact', 'load_artefact',
-           'Contributions', 'feature_contributions', 'choose_threshold', 'spike_metrics', 'metrics_table',
-           'select_model', 'calibration_bins', 'models_table', 'calibration_table', 'models_metrics']
+           'LOWER_IS_BETTER', 'MODELS_TABLE_COLUMNS', 'MODEL_METRICS', 'CALIBRATION_SPLITS', 'EQUAL_PREVALENCE_COLUMNS',
+           'synthetic_spike_frame', 'ZScoreClassifier', 'SpikeModel', 'fit_spike_model', 'train_spike_models',
+           'score_spike_models', 'ArtefactError', 'sample_reference', 'export_arrays', 'SpikeScorer', 'save_artefact',
+           'load_artefact', 'Contributions', 'feature_contributions', 'choose_threshold', 'spike_metrics',
+           'metrics_table', 'select_model', 'calibration_bins', 'models_table', 'calibration_table', 'models_metrics',
+           'threshold_for_share', 'relabel_spikes', 'pr_auc_at_prevalence', 'equal_prevalence_table']
 
 # %% ../nbs/13_spike.ipynb #b63e20f2
 SPIKE_MODELS = ("zscore", "logreg", "random_forest", "gradient_boosting")
@@ -695,3 +696,77 @@ def models_metrics(T: pd.DataFrame, models: Sequence[str] | None = None) -> dict
     models = list(pd.unique(T["model"])) if models is None else list(models)
     return {m: {s: T[(T.model == m) & (T.split == s)][MODEL_METRICS].to_dict("records")[0] for s in T[T.model == m].split}
             for m in models}
+
+# %% ../nbs/13_spike.ipynb #074ed656
+def threshold_for_share(values, share: float) -> float:
+    """The label threshold tau, one of `values`, whose share of values > tau is closest to `share` (0 < share < 1;
+    the lower tau on a tie). Pass the training rows only."""
+    share = float(share)
+    if not 0 < share < 1: raise ValueError(f"share of positives must be strictly between 0 and 1, got {share}")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = np.sort(v[~np.isnan(v)])
+    if len(np.unique(v)) < 2: raise ValueError("need at least two distinct values to choose a threshold")
+    u = np.unique(v)[:-1]                                   # the largest value would label nothing
+    above = (len(v) - np.searchsorted(v, u, side="right")) / len(v)
+    d = np.abs(above - share)
+    return float(u[int(np.flatnonzero(d <= d.min() + 1e-12)[0])])   # the lower tau on a (floating-point) tie
+
+def relabel_spikes(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    "A copy of the dataset with `label = rv_next > threshold` (int8) and `attrs['threshold']` set."
+    if "rv_next" not in df.columns: raise DataValidationError("dataset lacks column 'rv_next'", file="dataset", column="rv_next")
+    out = df.copy()
+    out["label"] = (out["rv_next"].to_numpy(dtype=np.float64) > threshold).astype("int8")
+    out.attrs["threshold"] = float(threshold)
+    return out
+
+def pr_auc_at_prevalence(y, score, prevalence: float) -> float:
+    "Average precision with the rows reweighted to a share of positives `prevalence` (positives pi/p, negatives (1-pi)/(1-p))."
+    from sklearn.metrics import average_precision_score
+    y, s = _as_labels(y), np.asarray(score, dtype=np.float64)
+    if not 0 < prevalence < 1: raise ValueError(f"prevalence must be strictly between 0 and 1, got {prevalence}")
+    if len(y) != len(s): raise ValueError(f"{len(y)} labels but {len(s)} scores")
+    p = y.mean() if len(y) else np.nan
+    if not 0 < p < 1: return np.nan
+    w = np.where(y == 1, prevalence / p, (1 - prevalence) / (1 - p))
+    return float(average_precision_score(y, s, sample_weight=w))
+
+# %% ../nbs/13_spike.ipynb #d880d2f8
+EQUAL_PREVALENCE_COLUMNS = ["labels", "label_threshold", "train_share", "model", "selected", "split", "n", "positives", "share",
+                            "roc_auc", "pr_auc", "pr_auc_baseline", "target_share", "pr_auc_at_target", "f1", "precision", "recall",
+                            "decision_threshold"]
+
+def _prevalence_rows(P: pd.DataFrame, labels: str, tau: float, train_share: float, target_share: float, splits, selection_metric) -> list[dict]:
+    T = metrics_table(P[P["split"] != "train"], threshold_split="validation")
+    best = select_model(T, selection_metric, "validation")
+    rows = []
+    for _, r in T[T["split"].isin(splits)].iterrows():
+        g = P[(P["model"] == r.model) & (P["split"] == r.split)]
+        rows.append({"labels": labels, "label_threshold": tau, "train_share": train_share, "model": r.model, "selected": r.model == best,
+                     "split": r.split, "n": r.n, "positives": r.positives, "share": r.positive_rate, "roc_auc": r.roc_auc,
+                     "pr_auc": r.pr_auc, "pr_auc_baseline": r.positive_rate, "target_share": target_share,
+                     "pr_auc_at_target": pr_auc_at_prevalence(g["label"], g["score"], target_share), "f1": r.f1,
+                     "precision": r.precision, "recall": r.recall, "decision_threshold": r.threshold})
+    return rows
+
+def equal_prevalence_table(df: pd.DataFrame, P: pd.DataFrame, features: Sequence[str], model_params, target_share: float,
+                           models: Sequence[str] = SPIKE_MODELS, splits: Sequence[str] = ("validation", "test"),
+                           target_name: str = "target", selection_metric: str = "pr_auc",
+                           ours_threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Our labels (scores `P` of `score_spike_models`) beside labels whose training share is `target_share` (threshold
+    from the training rows only, `threshold_for_share`; models refitted on train): `EQUAL_PREVALENCE_COLUMNS` rows for
+    each labelling, model and split of `splits`; and the refitted models' scores (validation and `splits` rows).
+    `ours_threshold`: our label threshold, for the table (default `df.attrs['threshold']`)."""
+    for c in ("rv_next", "label", "split"):
+        if c not in df.columns: raise DataValidationError(f"dataset lacks column {c!r}", file="dataset", column=c)
+    _check_scores(P)
+    if "validation" not in set(df["split"]): raise DataValidationError("dataset has no validation rows", file="dataset", column="split")
+    train = df[df["split"] == "train"]
+    if len(train) == 0: raise DataValidationError("dataset has no training rows", file="dataset", column="split")
+    tau = threshold_for_share(train["rv_next"], target_share)
+    d = relabel_spikes(df[df["split"].isin(["train", "validation", *splits])], tau)
+    fitted = train_spike_models(d, features, model_params, models)
+    Q = score_spike_models(fitted, d[d["split"] != "train"])
+    ours_tau = float(df.attrs.get("threshold", np.nan) if ours_threshold is None else ours_threshold)
+    rows = (_prevalence_rows(P[P["model"].isin(models)], "ours", ours_tau, float(train["label"].mean()), target_share, splits, selection_metric)
+            + _prevalence_rows(Q, target_name, tau, float(d["label"][d["split"] == "train"].mean()), target_share, splits, selection_metric))
+    return pd.DataFrame(rows, columns=EQUAL_PREVALENCE_COLUMNS), Q

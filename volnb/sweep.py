@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from .config import SweepConfig, known_keys
 from .core import compose_config, jsonable, project_root, split_overrides, write_text
+from .params import _hydra_value, _parser
 
 # %% auto #0
 __all__ = ['TRAIN_STAGES', 'THREAD_ENV', 'EXECUTORS', 'SweepSpecError', 'SweepSpec', 'sweep_values', 'load_spec', 'Point',
@@ -225,33 +226,15 @@ def rank_points(summary: pd.DataFrame, by: str = "val_rmse_mean") -> pd.DataFram
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-def _private_ipc_manager(ipc_dir):
-    "The stages' IPC kernel manager with its sockets in `ipc_dir` (by default they are `kernel-ipc-<n>` in the working directory)."
-    from volnb.stages import _ipc_kernel_manager
-    class PrivateIPCKernelManager(_ipc_kernel_manager()):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self.ip = str(Path(ipc_dir) / "kernel")
-    return PrivateIPCKernelManager
-
 def _execute(stage: str, overrides: str, dest: Path, experiment: str):
     "Run stage `stage` (a name of STAGES, or a notebook path) with `overrides`, writing the executed notebook to `dest`."
-    import tempfile
-    from unittest import mock
     import volnb.stages as stages
-    ipc = tempfile.mkdtemp(prefix="volnb-k-")           # short: a Unix socket path has at most ~100 characters
-    km = _private_ipc_manager(ipc)
-    try:
-        if stage in stages.STAGES:
-            with mock.patch.object(stages, "_ipc_kernel_manager", lambda: km):
-                return stages.run_stage(stage, overrides, out=dest, echo=False)
-        import papermill as pm
-        pm.execute_notebook(str(stage), str(dest), parameters={"experiment": experiment, "overrides": overrides},
-                            kernel_name="python3", language="python", cwd=str(project_root()), progress_bar=False,
-                            log_output=False, report_mode=False, kernel_manager_class=km)
-        return dest
-    finally:
-        shutil.rmtree(ipc, ignore_errors=True)
+    if stage in stages.STAGES: return stages.run_stage(stage, overrides, out=dest, echo=False)
+    import papermill as pm                             # each kernel has its own IPC socket directory (volnb.stages)
+    pm.execute_notebook(str(stage), str(dest), parameters={"experiment": experiment, "overrides": overrides},
+                        kernel_name="python3", language="python", cwd=str(project_root()), progress_bar=False,
+                        log_output=False, report_mode=False, kernel_manager_class=stages._ipc_kernel_manager())
+    return dest
 
 def _error_of(e: BaseException) -> tuple[str, str]:
     "A one-line error and the traceback text (the notebook's own, for a failing cell)."

@@ -7,8 +7,9 @@ from numpy.testing import assert_allclose
 from volnb.backtest import (TABLE6_COLUMNS, BacktestConfig, align_predictions, annual_volatility, backtest_config,
                             backtest_runs, backtest_table, best_validation_run, block_bootstrap_sharpe_ci,
                             buy_low_sell_high, cagr, expected_shortfall, historical_var, kelly_criterion, max_drawdown,
-                            mean_reversion, momentum, performance, returns_fell, run_strategy, seed_average_returns,
-                            sharpe_block_length, sharpe_ratio, simulate, table6, trade_stats, trend, value_at_risk)
+                            mean_reversion, momentum, performance, performance_quantstats, predicted_spike, returns_fell,
+                            run_returns, run_strategy, seed_average_returns, sharpe_block_length, sharpe_ratio, simulate,
+                            simulate_published, table6, trade_stats, trend, value_at_risk)
 from volnb.core import DataValidationError, project_root
 
 
@@ -426,3 +427,147 @@ def test_best_validation_run_uses_mean_validation_rmse():
         best_validation_run(tr.rename(columns={"best_val_rmse": "val"}))
     with pytest.raises(ValueError, match="no rows"):
         best_validation_run(tr.iloc[:0])
+
+
+# ---------------------------------------------------------------- rules: published_code (the authors' notebooks)
+
+PC = dict(rules="published_code", pyramiding=False, lookback=1, spike_rule="rising", annualisation=252)
+
+
+def _pc(**kw):
+    return backtest_config(**{**PC, **kw})
+
+
+def test_published_code_yaml_composes_and_matches_the_notebooks():
+    from volnb.core import compose_config
+    cfg = backtest_config(compose_config("experiment=herremans backtest=published_code").backtest)
+    assert (cfg.rules, cfg.entry_btc, cfg.scaled_multiplier, cfg.pyramiding) == ("published_code", 0.05, 2.0, False)
+    assert (cfg.spike_rule, cfg.lookback, cfg.hold_days, cfg.annualisation, cfg.risk_free) == ("rising", 1, 1, 252, 0.0)
+    assert (cfg.capital, cfg.commission) == (10000, 0.001)
+    assert cfg == backtest_config(project_root() / "conf/backtest/published_code.yaml")
+    assert backtest_config(compose_config("experiment=herremans").backtest).rules == "text"   # the default is unchanged
+    with pytest.raises(ValueError, match="pyramiding"): backtest_config(rules="published_code")
+    with pytest.raises(ValueError, match="spike_rule"): backtest_config(spike_rule="up")
+
+
+def test_published_fixed_btc_entries_whatever_the_equity():
+    """Buy-low-sell-high: days 1 and 3 close down with calm forecasts. 0.05 BTC at each next open, at 100 and 90,
+    whatever the equity (1,000 or 10,000 USD); scaled: 0.05 x 2 x the forecast (0.8, then 0.7)."""
+    m = _market(close=[100, 95, 97, 92, 99, 101], open_=[100, 98, 100, 96, 90, 100])
+    p = _preds([0.9, 0.8, 1.2, 0.7, 0.9, 0.9])     # day 2: 1.2 rose from 0.8 -> a spike: sell at day 3's open
+    for capital in (1000, 10000):
+        res = run_strategy(m, p, "buy_low_sell_high", cfg=_pc(capital=capital))
+        assert res.trades[["side", "price", "qty"]].values.tolist() == [["buy", 100.0, 0.05], ["sell", 96.0, 0.05],
+                                                                        ["buy", 90.0, 0.05]]
+        assert res.equity.iloc[-1] == pytest.approx(capital - 5 * 1.001 + 4.8 * 0.999 - 4.5 * 1.001 + 0.05 * 101, abs=1e-9)
+    s = run_strategy(m, p, "buy_low_sell_high", scaled=True, cfg=_pc())
+    assert s.trades.qty.tolist() == pytest.approx([0.05 * 2 * 0.8, 0.05 * 2 * 0.8, 0.05 * 2 * 0.7], abs=1e-15)
+
+
+def test_published_one_position_at_a_time():
+    """Entries every day, an exit on day 1: held from day 1's open, the exit of day 1 fills at day 2's open and the
+    entry of the same day is ignored (the position was open at its close); day 2 finds it flat and buys again."""
+    m = _market(close=[100, 100, 110, 120, 120], open_=[100, 100, 110, 120, 120])
+    res = simulate_published(m.open, m.close, entry=[1.0] * 5, exit_=[False, True, False, False, False], capital=1000,
+                             commission=0.0)
+    assert res.trades[["date", "side", "qty"]].values.tolist() == [[m.index[1], "buy", 1.0], [m.index[2], "sell", 1.0],
+                                                                   [m.index[3], "buy", 1.0]]
+    assert res.position.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]          # never more than one entry's quantity
+    text = simulate(m.open, m.close, entry=[0.1] * 5, exit_=[False, True, False, False, False], capital=1000, commission=0.0)
+    assert text.trades.side.tolist() == ["buy", "sell", "buy", "buy", "buy"]   # the text's engine re-enters on the exit's open
+
+
+def test_published_buy_the_cash_cannot_pay_is_rejected():
+    m = _market(close=[100, 100, 100], open_=[100, 100, 100])
+    res = simulate_published(m.open, m.close, entry=[10.0, 0, 0], exit_=[False] * 3, capital=1000, commission=0.001)
+    assert res.trades.empty and res.rejected == [m.index[1]]            # 1,000 USD + 1 USD commission > 1,000 USD
+    ok = simulate_published(m.open, m.close, entry=[9.99, 0, 0], exit_=[False] * 3, capital=1000, commission=0.001)
+    assert len(ok.trades) == 1 and ok.cash.iloc[-1] == pytest.approx(1000 - 999 * 1.001, abs=1e-9)
+
+
+def test_published_momentum_and_mean_reversion_on_the_same_days_return():
+    """Day 1 falls, day 2 rises with a rising spike (0.9 -> 1.1): the published momentum buys (r_2 > 0 alone), the text's
+    two-day trend does not. Day 4: a rising spike after a fall: mean reversion buys. Each closes one day after its fill."""
+    m = _market(close=[100, 95, 99, 101, 97, 98, 98], open_=[100, 99, 96, 100, 102, 96, 99])
+    p = _preds([0.9, 0.9, 1.1, 0.95, 1.3, 1.0, 1.0])
+    mom = run_strategy(m, p, "momentum", cfg=_pc())
+    assert mom.trades[["date", "side", "price"]].values.tolist() == [[m.index[3], "buy", 100.0], [m.index[4], "sell", 102.0]]
+    assert run_strategy(m, p, "momentum").trades.empty                   # text: r_1 < 0 breaks the two-day rise
+    mr = run_strategy(m, p, "mean_reversion", cfg=_pc())
+    assert mr.trades[["date", "side", "price"]].values.tolist() == [[m.index[5], "buy", 96.0], [m.index[6], "sell", 99.0]]
+    assert mr.trades.qty.tolist() == [0.05, 0.05]
+
+
+def test_published_spike_needs_a_rising_forecast():
+    p = pd.Series([1.2, 1.1, 1.3, 1.3, 0.9, 1.0])
+    assert predicted_spike(p, 1.0, "level").tolist() == [True, True, True, True, False, True]
+    assert predicted_spike(p, 1.0, "rising").tolist() == [False, False, True, False, False, True]
+    # a falling forecast above the threshold: momentum under published_code does not trade it
+    m = _market(close=[100, 101, 102, 103], open_=[100, 101, 102, 103])
+    assert run_strategy(m, _preds([1.5, 1.4, 1.3, 1.2]), "momentum", cfg=_pc()).trades.empty
+    assert not run_strategy(m, _preds([1.5, 1.4, 1.3, 1.2]), "momentum").trades.empty   # the text's level rule does
+
+
+def test_published_no_lookahead_fills_at_the_next_open():
+    """A signal at the close of t fills at the open of t+1 (backtrader's market order, as the text's engine);
+    changing forecasts and prices from day 3 on changes nothing up to day 2's close, fills included."""
+    m = _market(close=[100, 95, 97, 92, 99, 101], open_=[100, 98, 100, 96, 90, 100])
+    p = _preds([0.9, 0.8, 1.2, 0.7, 0.9, 0.9])
+    base = run_strategy(m, p, "buy_low_sell_high", cfg=_pc())
+    for date in base.trades.date:
+        prev = m.index[m.index.get_loc(date) - 1]
+        assert base.signals.loc[prev, "entry"] > 0 or base.signals.loc[prev, "exit"]
+    m2, p2 = m.copy(), p.copy()
+    m2.loc[m2.index[3]:, ["open", "close"]] = 50.0
+    m2["log_return"] = np.log(m2.close / m2.close.shift())
+    p2.loc[3:, "prediction"] = 2.0
+    alt = run_strategy(m2, p2, "buy_low_sell_high", cfg=_pc())
+    assert_allclose(alt.equity.iloc[:3].to_numpy(), base.equity.iloc[:3].to_numpy())
+    assert alt.trades[alt.trades.date <= m.index[2]].equals(base.trades[base.trades.date <= m.index[2]])
+    assert alt.signals.iloc[:3].drop(columns="prediction").equals(base.signals.iloc[:3].drop(columns="prediction"))
+
+
+def test_published_buy_and_hold_by_hand(hand):
+    market, preds = hand
+    res = run_strategy(market, preds, "buy_and_hold", cfg=_pc())
+    assert res.trades[["date", "price", "qty"]].values.tolist() == [[market.index[1], 98.0, 0.05]]
+    assert res.equity.iloc[-1] == pytest.approx(10000 - 0.05 * 98 * 1.001 + 0.05 * 101, abs=1e-9)
+    r = res.account_returns
+    assert len(r) == len(market) and r.iloc[0] == 0.0                   # the first day's return is counted (PyFolio)
+    assert run_returns(res, _pc()).equals(r) and run_returns(res).equals(res.returns)
+
+
+def test_quantstats_conventions_by_hand():
+    """Returns 0, +2, -1, 0, -3, +1 % (six days). Four non-zero of six: time in market ceil(66.7) = 67 %. Kelly on the
+    non-zero days: win rate 1/2, payoff 1.5 / 2 = 0.75, so 0.5 - 0.5 / 0.75 = -1/6. Sharpe = mean / sd * sqrt(252).
+    Compounded value 1, 1.02, 1.0098, 1.0098, 0.979506, 0.98930106: drawdown 0.979506 / 1.02 - 1 = -3.97 %.
+    VaR = mean - 1.6449 sd."""
+    r = pd.Series([0.0, 0.02, -0.01, 0.0, -0.03, 0.01], pd.date_range("2021-03-01", periods=6, tz="UTC"))
+    pq = performance_quantstats(r, pd.DataFrame({"return": [0.1]}))
+    mu, sd = r.mean(), r.std(ddof=1)
+    assert pq["time_in_market_pct"] == 67.0
+    assert pq["kelly_pct"] == pytest.approx(100 * (0.5 - 0.5 / 0.75), abs=1e-9)
+    assert pq["sharpe"] == pytest.approx(mu / sd * np.sqrt(252), rel=1e-12)
+    assert pq["max_drawdown_pct"] == pytest.approx(100 * (1.02 * 0.99 * 0.97 / 1.02 - 1), abs=1e-9)
+    assert pq["var95_parametric_pct"] == pytest.approx(100 * (mu - 1.6448536269514722 * sd), abs=1e-9)
+    assert pq["pnl_pct"] == pytest.approx(100 * (1.02 * 0.99 * 0.97 * 1.01 - 1), abs=1e-9)
+    assert pq["n_trades"] == 1
+    # a loss on the very first day counts from the starting value 1 (quantstats adds the phantom base)
+    assert performance_quantstats(pd.Series([-0.05, 0.01, 0.0]))["max_drawdown_pct"] == pytest.approx(-5.0, abs=1e-9)
+    flat = performance_quantstats(pd.Series([0.0] * 5))                  # never traded: no Sharpe, no Kelly, 0 % in market
+    assert flat["time_in_market_pct"] == 0.0 and np.isnan(flat["sharpe"]) and np.isnan(flat["kelly_pct"])
+    with pytest.raises(ValueError, match="finite"): performance_quantstats(pd.Series([0.01, np.nan, 0.0]))
+
+
+def test_published_table6_uses_quantstats_on_account_returns(hand):
+    market, preds = hand
+    cfg = _pc(bootstrap_n=50, bootstrap_block=2)
+    runs = backtest_runs(market, preds, cfg)
+    per = backtest_table(market, preds, cfg, runs=runs)
+    assert {"n_rejected"} <= set(per.columns) and (per.n_rejected == 0).all()
+    bh = per[per.strategy == "buy_and_hold"].iloc[0]
+    r = runs[("m", 0, "buy_and_hold", False)].account_returns
+    assert bh.sharpe == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(252), rel=1e-12)
+    assert bh.time_in_market_pct == 80.0                                  # 4 of 5 days move: ceil(80) (day 0 is flat)
+    t6 = table6(per, runs, cfg)
+    assert t6.sharpe_seed_avg.iloc[0] == pytest.approx(bh.sharpe, rel=1e-12)   # one seed: the run itself

@@ -43,6 +43,7 @@ def test_every_config_file_composes_and_fits(group, choice):
 def test_every_experiment_composes_with_other_choices(experiment, others):
     cfg = compose_config(f"experiment={experiment} {others}")
     assert type(validate_config(cfg).experiment).__name__ == {"herremans": "HerremansExperiment",
+                                                               "herremans_paper": "HerremansExperiment",
                                                                "spike60s": "Spike60sExperiment",
                                                                "multitoken": "MultitokenExperiment",
                                                                "multitoken_paper": "MultitokenExperiment"}[experiment]
@@ -162,7 +163,8 @@ def test_every_problem_is_listed(conf_copy):
 def test_an_experiment_without_a_schema_is_named(conf_copy):
     (conf_copy / "experiment" / "orderbook.yaml").write_text("# @package _global_\nexperiment:\n  name: orderbook\n")
     e = config_error(lambda: compose_config("experiment=orderbook", config_dir=conf_copy))
-    assert e.file.endswith("conf/experiment/orderbook.yaml") and "'herremans', 'spike60s', 'multitoken'" in str(e)
+    assert e.file.endswith("conf/experiment/orderbook.yaml")
+    assert all(f"'{tag}'" in str(e) for tag in ("herremans", "herremans_paper", "spike60s", "multitoken", "multitoken_paper"))
 
 
 # ------------------------------------------------------------------------------------------ overrides
@@ -274,10 +276,11 @@ def test_schema_values_match_the_code():
     source = typing.get_args(C.RefreshConfig.model_fields["sources"].annotation)[1]
     tags = {typing.get_args(m.model_fields["kind"].annotation)[0] for m in C._flat(source)}
     assert tags == set(volnb.refresh.KINDS)
-    # a model file's keys other than name and label are the constructor's arguments
+    # a model file's keys other than name and the metadata (label, batch_size) are the constructor's arguments
+    assert volnb.models._METADATA_KEYS == ("label", "batch_size")
     for schema, cls in [(C.LSTMModel, volnb.models.LSTMRegressor), (C.TransformerModel, volnb.models.DecoderTransformer)]:
         args = set(inspect.signature(cls).parameters) - {"n_features"}
-        assert set(schema.model_fields) - {"name", "label"} == args, cls
+        assert set(schema.model_fields) - {"name", *volnb.models._METADATA_KEYS} == args, cls
 
 
 def test_arch_accepts_every_allowed_dist_and_only_those():

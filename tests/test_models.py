@@ -181,7 +181,9 @@ def test_build_model_from_repo_model_configs(root, x):
     "Every config in conf/model/, composed as Hydra does (the synthesizers extend transformer.yaml), builds a model (B, L, F) -> (B, L)."
     from volnb.core import compose_config
     files = sorted((root / "conf" / "model").glob("*.yaml"))
-    assert len(files) == 9, [f.name for f in files]          # 8 of the paper + transformer_linear
+    own = [f for f in files if not f.stem.startswith("paper_")]
+    assert len(own) == 9, [f.name for f in own]              # 8 of the paper + transformer_linear
+    assert len(files) == 18, [f.name for f in files]         # + the 8 paper_* variants (Table 2) and their base
     for f in files:
         m = build_model(compose_config(f"model={f.stem}").model, F, L).eval()
         with torch.no_grad(): assert m(x).shape == (B, L), f.name

@@ -8,7 +8,7 @@ import pytest
 from volnb import stages
 
 STAGES = ["multitoken_prepare", "multitoken_baselines", "multitoken_deep", "multitoken_evaluate", "multitoken_regimes",
-          "multitoken_transfer", "multitoken_backtest", "multitoken_explain"]
+          "multitoken_transfer", "multitoken_backtest", "multitoken_explain", "multitoken_lookback"]
 
 
 def overrides(tmp):
@@ -25,7 +25,10 @@ def overrides(tmp):
             "experiment.transfer.pretrain.epochs=1 experiment.transfer.pretrain.samples_per_epoch=512 "
             "experiment.transfer.finetune.samples_per_epoch=256 experiment.transfer.alone.samples_per_epoch=256 "
             "experiment.transfer.bootstrap.reps=20 experiment.strategies.horizons=[1,24] experiment.strategies.bootstrap_reps=20 "
-            "experiment.explain.samples=300 experiment.explain.min_regime_samples=5")
+            "experiment.explain.samples=300 experiment.explain.min_regime_samples=5 "
+            "experiment.lookback.test_start=2022-04-01 experiment.lookback.tokens=[BTC,ETH] experiment.lookback.epochs=1 "
+            "experiment.lookback.samples_per_epoch=256 experiment.lookback.val_samples=128 experiment.lookback.seeds=[0,1] "
+            "experiment.lookback.bootstrap.reps=20")
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +117,15 @@ def test_served_forecasts_equal_the_stages(run, name):
         ok = fc.frame.index[fc.frame.source == "model"]
         assert set(ok) == {"BTC", "ETH", "SOL", "USDC"} and set(ok) <= set(ref.index)
         np.testing.assert_allclose(fc.frame.loc[ok, cols].to_numpy(np.float64), ref.loc[ok].to_numpy(np.float64), rtol=0, atol=1e-6)
+
+
+def test_lookback_windows_are_scored_on_one_sample(run):
+    "The long look-back study: every window on the same validation and test samples, each seed a row of the runs table."
+    lb = pd.read_csv(run / "tables/multitoken/lookback.csv")
+    runs = pd.read_csv(run / "tables/multitoken/lookback_runs.csv")
+    assert sorted(runs.window.unique()) == [168, 720, 2160] and sorted(runs.seed.unique()) == [0, 1]
+    assert set(lb.window) == {168, 720, 2160}
+    n = lb.groupby(["metric", "horizon"])[["n_val", "n_test"]].nunique()
+    assert (n == 1).all().all(), n                                           # identical sample counts across windows
+    assert (lb[lb.window == 168][["test_diff", "val_diff"]] == 0).all().all()  # differences are against 168 h
+    assert (run / "figures/multitoken/lookback.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

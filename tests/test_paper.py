@@ -292,8 +292,9 @@ def test_side_by_side_table3_shape(P):
 
 def test_committed_ledgers_have_computed_verdicts():
     "The stage's ledgers (when written) use only the rule vocabulary, and every row names its rule."
-    for f in (ROOT / "reports/tables/herremans/claims.csv", ROOT / "reports/tables/spike60s/claims.csv"):
-        assert f.exists(), f"{f} is missing: run `volnb stage herremans_claims` (dvc repro) and commit the ledgers"
+    for f in (ROOT / "reports/tables/herremans/claims.csv", ROOT / "reports/tables/spike60s/claims.csv",
+              ROOT / "reports/tables/multitoken/claims.csv"):
+        assert f.exists(), f"{f} is missing: run `dvc repro` (herremans_claims, multitoken_claims) and commit the ledgers"
         led = pd.read_csv(f)
         assert list(led.columns) == [f for f in Claim.__dataclass_fields__]
         assert set(led.verdict) <= set(VERDICTS) and led.rule.notna().all() and led.reason.notna().all()
@@ -464,3 +465,50 @@ def test_table3_dots(P):
     assert [t.get_text() for t in rmse_ax.get_yticklabels()] == list(P["table3"].set_index("model").loc[["lstm", "synth_dense"], "source_row"])
     with pytest.raises(ValueError, match="no model"):
         plot_table3_dots(seeds.assign(model="other"), P)
+
+
+# ---------------------------------------------------------------- Table 6 under both backtest rule sets
+
+def _paper_as_ours_table6(P, **shift):
+    "The paper's Table 6 in the shape of our table6.csv (buy-and-hold: one row), each metric moved by `shift`."
+    t = P["table6"]
+    o = pd.DataFrame({"model": t.model.fillna("").replace("", "transformer"), "strategy": t.strategy,
+                      "scaled": t.sizing.eq("S"), "time_in_market_pct": t.time_in_market_pct, "sharpe": t.sharpe,
+                      "max_drawdown_pct": t.max_drawdown_pct, "kelly_pct": t.kelly_pct,
+                      "var95_parametric_pct": t.daily_var_pct, "pnl_pct": t.pnl_pct})
+    o["sharpe_lower"], o["sharpe_upper"] = o.sharpe - 0.1, o.sharpe + 0.1
+    for col, d in shift.items(): o[col] = o[col] + d
+    return o
+
+
+def test_side_by_side_table6_carries_both_rule_sets(P):
+    from volnb.paper import side_by_side_table6
+    text, pc = _paper_as_ours_table6(P, pnl_pct=1.0), _paper_as_ours_table6(P)
+    t = side_by_side_table6(P, text, clean_published_rules=pc)
+    assert len(t) == 43 * 6 and t.published_code.isna().all()
+    pnl = t[t.metric == "pnl_pct"]
+    assert (pnl.diff_clean - 1.0).abs().max() < 1e-9 and pnl.diff_clean_published_code_rules.abs().max() < 1e-9
+    bh = t[(t.strategy == "buy_and_hold") & (t.metric == "sharpe")].iloc[0]
+    assert (bh.paper, bh.clean_published_code_rules, bh.clean_published_code_rules_interval) == (0.8, 0.8, "[0.7, 0.9]")
+    assert "sqrt(252)" in bh.comparability_published_code_rules
+    alone = side_by_side_table6(P, text)
+    assert alone.clean_published_code_rules.isna().all() and "no table6_published_code" in alone.comparability_published_code_rules.iloc[0]
+
+
+def test_table6_published_code_claims(P):
+    "The paper's own Table 6 as ours reproduces buy-and-hold under the published conventions; a Kelly 20 % off does not."
+    with pytest.raises(KeyError, match="table6_published_code"): herremans_claims(P, {}, "clean", ["table6_published_code"])
+    led = claims_frame(herremans_claims(P, {"table6_published_code": _paper_as_ours_table6(P)}, "clean",
+                                        ["table6_published_code"])).set_index("id")
+    assert led.index.str.startswith("B.pc.").all()
+    for k in ("bh_pnl", "bh_mdd", "bh_sharpe", "bh_time_in_market_pct", "bh_kelly_pct", "bh_daily_var_pct"):
+        assert led.at[f"B.pc.{k}", "verdict"] == REPRODUCED, k
+    assert "published code's backtest rules" in led.at["B.pc.bh_pnl", "protocol"]
+    off = _paper_as_ours_table6(P)
+    off.loc[off.strategy == "buy_and_hold", "kelly_pct"] *= 1.2                  # 6.84 -> 8.21: outside 10 %
+    led = claims_frame(herremans_claims(P, {"table6_published_code": off}, "clean", ["table6_published_code"])).set_index("id")
+    assert led.at["B.pc.bh_kelly_pct", "verdict"] == NOT_REPRODUCED
+    both = claims_frame(herremans_claims(P, {"table6": _paper_as_ours_table6(P), "table6_published_code": _paper_as_ours_table6(P)},
+                                         "clean", ["table6", "table6_published_code"]))
+    assert both.id.str.startswith("B.pc.").sum() == len(both) - both.id.str.match(r"B\.(?!pc\.)").sum()
+    assert {"B.bh_pnl", "B.pc.bh_pnl"} <= set(both.id)

@@ -86,3 +86,13 @@ def test_dvc_outs_hold_each_stage_s_executed_notebook(root):
         outs = [(o if isinstance(o, str) else next(iter(o))).replace("${exp}", exp) for o in st["outs"]]
         p = executed_notebook(name, StagePaths(compose_config(get_stage(name).overrides)))
         assert str(p.relative_to(root)) in outs, name
+
+
+def test_variant_pipelines_are_current(root):
+    "paper_runs/dvc.yaml (the paper's own settings, not part of `dvc repro`) is what `volnb stage --sync-deps` writes."
+    from volnb.stages import VARIANTS, sync_variants
+    assert sync_variants(root, write=False) == {f: True for f in VARIANTS}
+    spec = yaml.safe_load((root / "paper_runs/dvc.yaml").read_text())
+    for name, st in spec["stages"].items():
+        assert st["cmd"].startswith(f"volnb stage {name} --overrides") and "experiment=herremans_paper" in st["cmd"]
+        assert all("herremans_paper" in (o if isinstance(o, str) else next(iter(o))) for o in st["outs"]), name

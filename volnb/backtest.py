@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
@@ -18,12 +19,13 @@ from .core import DataValidationError
 from .metrics import validate_predictions
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'UNSCALED', 'TRADE_COLUMNS', 'TABLE6_COLUMNS', 'BacktestConfig', 'backtest_config', 'check_market',
-           'align_predictions', 'returns_fell', 'trend', 'buy_and_hold', 'buy_low_sell_high', 'momentum',
-           'mean_reversion', 'BacktestResult', 'round_trips', 'simulate', 'run_strategy', 'sharpe_ratio',
-           'annual_volatility', 'max_drawdown', 'cagr', 'value_at_risk', 'historical_var', 'expected_shortfall',
-           'trade_stats', 'kelly_criterion', 'performance', 'sharpe_block_length', 'block_bootstrap_sharpe_ci',
-           'backtest_runs', 'backtest_table', 'plot_backtest', 'seed_average_returns', 'table6', 'best_validation_run']
+__all__ = ['RULE_SETS', 'STRATEGIES', 'UNSCALED', 'TRADE_COLUMNS', 'TABLE6_COLUMNS', 'BacktestConfig', 'backtest_config',
+           'check_market', 'align_predictions', 'returns_fell', 'trend', 'predicted_spike', 'buy_and_hold',
+           'buy_low_sell_high', 'momentum', 'mean_reversion', 'BacktestResult', 'round_trips', 'simulate',
+           'simulate_published', 'run_strategy', 'sharpe_ratio', 'annual_volatility', 'max_drawdown', 'cagr',
+           'value_at_risk', 'historical_var', 'expected_shortfall', 'trade_stats', 'kelly_criterion', 'performance',
+           'performance_quantstats', 'sharpe_block_length', 'block_bootstrap_sharpe_ci', 'backtest_runs', 'run_returns',
+           'backtest_table', 'plot_backtest', 'seed_average_returns', 'table6', 'best_validation_run']
 
 # %% ../nbs/10_backtest.ipynb #b10cd991
 @dataclass
@@ -49,6 +51,10 @@ class BacktestConfig:
     bootstrap_n: int = 2000
     bootstrap_alpha: float = 0.05
     bootstrap_seed: int = 0
+    rules: str = "text"
+    spike_rule: str = "level"
+    entry_btc: float = 0.05
+    scaled_multiplier: float = 2.0
 
     def __post_init__(self):
         self.strategies, self.scaled = tuple(self.strategies), tuple(bool(s) for s in self.scaled)
@@ -58,9 +64,16 @@ class BacktestConfig:
                   (int(self.lookback) >= 1, "lookback"), (int(self.hold_days) >= 1, "hold_days"),
                   (self.fall_rule in ("negative", "decrease"), "fall_rule"), (self.trend_rule in ("all", "sum"), "trend_rule"),
                   (self.annualisation > 0, "annualisation"), (0 < self.bootstrap_alpha < 1, "bootstrap_alpha"),
-                  (int(self.bootstrap_n) >= 1, "bootstrap_n")]
+                  (int(self.bootstrap_n) >= 1, "bootstrap_n"),
+                  (self.rules in RULE_SETS, f"rules (one of {RULE_SETS})"),
+                  (self.spike_rule in ("level", "rising"), "spike_rule (level | rising)"),
+                  (self.entry_btc > 0, "entry_btc"), (self.scaled_multiplier > 0, "scaled_multiplier")]
         for ok, key in checks:
             if not ok: raise ValueError(f"backtest config: bad value for {key!r}")
+        if self.rules == "published_code" and self.pyramiding:
+            raise ValueError("backtest config: rules 'published_code' hold one position at a time: set pyramiding: false")
+
+RULE_SETS = ("text", "published_code")
 
 def _block_setting(block) -> int | str:
     "'auto' (also None) or a whole number of days >= 1; anything else is a ValueError naming bootstrap_block."
@@ -168,21 +181,33 @@ def trend(log_return: pd.Series, index, lookback: int = 2, rule: str = "all", si
 def _signals(index, entry, exit_) -> pd.DataFrame:
     return pd.DataFrame({"entry": np.asarray(entry, float), "exit": np.asarray(exit_, bool)}, index=index)
 
+def predicted_spike(pred: pd.Series, threshold: float = 1.0, rule: str = "level") -> np.ndarray:
+    "pred_t >= threshold ('level'), and also pred_t > pred_{t-1} ('rising'; False on the first day)."
+    p = pred.to_numpy(float)
+    level = p >= threshold
+    if rule == "level": return level
+    if rule == "rising": return level & (p > pred.shift(1).to_numpy(float))     # NaN before the first day compares False
+    raise ValueError(f"unknown spike_rule {rule!r}")
+
+def _entry_size(cfg: BacktestConfig) -> float:
+    "An entry's size: a fraction of equity (rules: text) or a quantity of BTC (rules: published_code)."
+    return cfg.entry_btc if cfg.rules == "published_code" else cfg.entry_fraction
+
 def buy_and_hold(pred: pd.Series, log_return: pd.Series, cfg: BacktestConfig) -> pd.DataFrame:
-    "Enter with all the capital on the first day; never exit."
-    entry = np.zeros(len(pred)); entry[:1] = 1.0
+    "Enter on the first day (all the capital; published_code: entry_btc BTC); never exit."
+    entry = np.zeros(len(pred)); entry[:1] = cfg.entry_btc if cfg.rules == "published_code" else 1.0
     return _signals(pred.index, entry, np.zeros(len(pred), bool))
 
 def buy_low_sell_high(pred: pd.Series, log_return: pd.Series, cfg: BacktestConfig) -> pd.DataFrame:
-    "Enter when calm (pred < threshold) and the log return fell; close all when a spike is predicted."
-    p = pred.to_numpy(float)
-    buy = (p < cfg.spike_threshold) & returns_fell(log_return, pred.index, cfg.fall_rule)
-    return _signals(pred.index, np.where(buy, cfg.entry_fraction, 0.0), p >= cfg.spike_threshold)
+    "Enter when no spike is predicted and the log return fell; close all when a spike is predicted."
+    spike = predicted_spike(pred, cfg.spike_threshold, cfg.spike_rule)
+    buy = ~spike & returns_fell(log_return, pred.index, cfg.fall_rule)
+    return _signals(pred.index, np.where(buy, _entry_size(cfg), 0.0), spike)
 
 def _spike_trend(pred, log_return, cfg, sign):
-    buy = (pred.to_numpy(float) >= cfg.spike_threshold) & trend(log_return, pred.index, cfg.lookback, cfg.trend_rule, sign)
+    buy = predicted_spike(pred, cfg.spike_threshold, cfg.spike_rule) & trend(log_return, pred.index, cfg.lookback, cfg.trend_rule, sign)
     exit_ = pd.Series(buy).shift(cfg.hold_days, fill_value=False).to_numpy(bool)   # filled at t+1, sold at t+1+hold_days
-    return _signals(pred.index, np.where(buy, cfg.entry_fraction, 0.0), exit_)
+    return _signals(pred.index, np.where(buy, _entry_size(cfg), 0.0), exit_)
 
 def momentum(pred: pd.Series, log_return: pd.Series, cfg: BacktestConfig) -> pd.DataFrame:
     "Enter on a predicted spike after rising log returns over `lookback` days; close `hold_days` bars later."
@@ -207,11 +232,20 @@ class BacktestResult:
     round_trips: pd.DataFrame
     signals: pd.DataFrame
     unfilled: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+    start_value: float | None = None
 
     @property
     def returns(self) -> pd.Series:
         "Daily simple returns of the equity, from the first close to the last (T - 1 values)."
         return self.equity.pct_change().iloc[1:].rename("return")
+
+    @property
+    def account_returns(self) -> pd.Series:
+        "Daily returns of the account from the starting cash: the first day's is E_0 / start_value - 1 (T values, backtrader's PyFolio analyzer)."
+        prev = self.equity.shift(1)
+        prev.iloc[0] = self.start_value if self.start_value is not None else self.equity.iloc[0]
+        return (self.equity / prev - 1).rename("return")
 
 TRADE_COLUMNS = ["date", "side", "price", "qty", "notional", "commission"]
 
@@ -270,22 +304,68 @@ def simulate(open_: pd.Series, close: pd.Series, entry, exit_, capital: float = 
     return BacktestResult(equity=pd.Series(equity, idx, name="equity"), position=pd.Series(position, idx, name="position"),
                           cash=pd.Series(cash_, idx, name="cash"), trades=tr,
                           round_trips=round_trips(tr, c[-1] if n else None, idx[-1] if n else None),
-                          signals=pd.DataFrame({"entry": e, "exit": x}, index=idx), unfilled=unfilled)
+                          signals=pd.DataFrame({"entry": e, "exit": x}, index=idx), unfilled=unfilled, start_value=float(capital))
+
+# %% ../nbs/10_backtest.ipynb #63887b26
+def simulate_published(open_: pd.Series, close: pd.Series, entry, exit_, capital: float = 10_000.0,
+                       commission: float = 0.001) -> BacktestResult:
+    """The published code's loop: at each close, when flat, an `entry` > 0 orders that many BTC; when holding, an
+    `exit_` closes the position; the order fills at the next open. One position at a time: entries while holding and
+    exits while flat are ignored. A buy the cash cannot pay with its commission is rejected (`rejected`), as backtrader's broker does."""
+    idx = close.index
+    o, c = open_.to_numpy(float), close.to_numpy(float)
+    e, x = np.asarray(entry, float), np.asarray(exit_, bool)
+    if not (len(o) == len(c) == len(e) == len(x)): raise ValueError("open, close, entry and exit differ in length")
+    if not (np.isfinite(o).all() and np.isfinite(c).all() and (o > 0).all() and (c > 0).all()):
+        raise DataValidationError("open and close must be finite and positive on every day of the span",
+                                  file="market", column="open, close")
+    n = len(c)
+    cash, qty, order = float(capital), 0.0, None         # order: units to buy (> 0) or "close", sent at the last close
+    equity, position, cash_ = np.empty(n), np.empty(n), np.empty(n)
+    trades, rejected = [], []
+    for t in range(n):
+        px = o[t]
+        if order == "close":
+            notional = qty * px; fee = commission * notional
+            cash += notional - fee
+            trades.append((idx[t], "sell", px, qty, notional, fee)); qty = 0.0
+        elif order is not None:
+            notional = order * px; fee = commission * notional
+            if notional + fee <= cash * (1 + 1e-12):
+                cash -= notional + fee; qty += order
+                trades.append((idx[t], "buy", px, order, notional, fee))
+            else: rejected.append(idx[t])
+        order = None
+        if qty == 0 and e[t] > 0: order = float(e[t])
+        elif qty > 0 and x[t]: order = "close"
+        equity[t], position[t], cash_[t] = cash + qty * c[t], qty, cash
+    tr = pd.DataFrame(trades, columns=TRADE_COLUMNS)
+    return BacktestResult(equity=pd.Series(equity, idx, name="equity"), position=pd.Series(position, idx, name="position"),
+                          cash=pd.Series(cash_, idx, name="cash"), trades=tr,
+                          round_trips=round_trips(tr, c[-1] if n else None, idx[-1] if n else None),
+                          signals=pd.DataFrame({"entry": e, "exit": x}, index=idx),
+                          unfilled=[idx[-1]] if n and order is not None else [], rejected=rejected, start_value=float(capital))
 
 # %% ../nbs/10_backtest.ipynb #76a4535d
 def run_strategy(market: pd.DataFrame, preds: pd.DataFrame, strategy: str | Callable = "buy_low_sell_high",
                  scaled: bool = False, cfg=None, split: str | None = ...) -> BacktestResult:
-    "Align `preds` with `market`, compute the strategy's signals, scale them if asked, and simulate."
+    """Align `preds` with `market`, compute the strategy's signals, scale them if asked, and simulate (`simulate` under
+    `rules: text`, `simulate_published` under `rules: published_code`, whose scaled entries also take `scaled_multiplier`)."""
     cfg = backtest_config(cfg)
     split = cfg.split if split is ... else split
     pred = align_predictions(market, preds, split)
     fn = STRATEGIES[strategy] if isinstance(strategy, str) else strategy
     sig = fn(pred, market["log_return"], cfg)
     entry = sig["entry"].to_numpy(float)
-    if scaled and strategy not in UNSCALED: entry = entry * pred.to_numpy(float) ** cfg.scale_power
+    published = cfg.rules == "published_code"
+    if scaled and strategy not in UNSCALED:
+        entry = entry * pred.to_numpy(float) ** cfg.scale_power * (cfg.scaled_multiplier if published else 1.0)
     span = market.loc[pred.index]
-    res = simulate(span["open"], span["close"], entry, sig["exit"].to_numpy(bool), cfg.capital, cfg.commission,
-                   cfg.max_position_fraction, cfg.pyramiding)
+    if published:
+        res = simulate_published(span["open"], span["close"], entry, sig["exit"].to_numpy(bool), cfg.capital, cfg.commission)
+    else:
+        res = simulate(span["open"], span["close"], entry, sig["exit"].to_numpy(bool), cfg.capital, cfg.commission,
+                       cfg.max_position_fraction, cfg.pyramiding)
     res.signals["prediction"] = pred
     return res
 
@@ -373,6 +453,39 @@ def performance(equity: pd.Series, round_trips: pd.DataFrame | None = None, posi
             "win_rate_pct": ts["win_rate"] * 100, "avg_win_pct": ts["avg_win"] * 100, "avg_loss_pct": ts["avg_loss"] * 100,
             "n_trades": ts["n_trades"]}
 
+# %% ../nbs/10_backtest.ipynb #92492edf
+def _naive_days(r: pd.Series) -> pd.Series:
+    "quantstats wants a tz-naive DatetimeIndex (the authors converted PyFolio's UTC index the same way)."
+    r = pd.Series(r, dtype=float)
+    if isinstance(r.index, pd.DatetimeIndex) and r.index.tz is not None: r.index = r.index.tz_convert(None)
+    elif not isinstance(r.index, pd.DatetimeIndex): r.index = pd.date_range("2000-01-01", periods=len(r), freq="D")
+    return r
+
+def performance_quantstats(returns, round_trips: pd.DataFrame | None = None, annualisation: float = 252,
+                           risk_free: float = 0.0, start_value: float | None = None) -> dict:
+    "Metrics of one run from its daily account returns with quantstats' functions and defaults (percentages as percent)."
+    import quantstats as qs
+    r = _naive_days(returns)
+    if r.size < 2 or not np.isfinite(r.to_numpy()).all(): raise ValueError("need at least 2 finite daily returns")
+    periods = int(annualisation)
+    with warnings.catch_warnings():                     # quantstats warns on all-zero series (a run that never traded)
+        warnings.simplefilter("ignore")
+        f = lambda v: float(v) if v is not None and np.isfinite(v) else float("nan")
+        var = f(qs.stats.value_at_risk(r))
+        out = {"time_in_market_pct": f(qs.stats.exposure(r)) * 100,
+               "sharpe": f(qs.stats.sharpe(r, rf=risk_free, periods=periods)) if r.std() > 0 else float("nan"),
+               "max_drawdown_pct": f(qs.stats.max_drawdown(r)) * 100,
+               "kelly_pct": f(qs.stats.kelly_criterion(r)) * 100,
+               "var95_parametric_pct": -abs(var) * 100,
+               "var95_historical_pct": historical_var(r) * 100, "cvar95_historical_pct": expected_shortfall(r) * 100,
+               "pnl_pct": (float(np.prod(1 + r.to_numpy())) - 1) * 100,
+               "annual_return_pct": f(qs.stats.cagr(r, rf=risk_free, periods=periods)) * 100,
+               "annual_volatility_pct": f(qs.stats.volatility(r, periods=periods)) * 100,
+               "win_rate_pct": f(qs.stats.win_rate(r)) * 100 if (r != 0).any() else float("nan"),
+               "avg_win_pct": f(qs.stats.avg_win(r)) * 100, "avg_loss_pct": f(qs.stats.avg_loss(r)) * 100,
+               "n_trades": len(round_trips) if round_trips is not None else 0}
+    return out
+
 # %% ../nbs/10_backtest.ipynb #053b46af
 def sharpe_block_length(returns) -> int:
     "Circular-bootstrap block for a Sharpe ratio: arch's optimal_block_length of r and of r^2, the larger, rounded up."
@@ -412,6 +525,10 @@ def backtest_runs(market: pd.DataFrame, preds: pd.DataFrame, cfg=None) -> dict:
                 out[(model, seed, strategy, scaled)] = run_strategy(market, p.reset_index(drop=True), strategy, scaled, cfg)
     return out
 
+def run_returns(res: BacktestResult, cfg=None) -> pd.Series:
+    "The daily returns a run is scored on: `res.returns` (rules: text) or `res.account_returns` (published_code, as quantstats saw them)."
+    return res.account_returns if backtest_config(cfg).rules == "published_code" else res.returns
+
 def _sharpe_ci(returns, cfg: BacktestConfig) -> dict:
     return block_bootstrap_sharpe_ci(returns, cfg.bootstrap_block, cfg.bootstrap_n, cfg.bootstrap_alpha,
                                      cfg.bootstrap_seed, cfg.annualisation, cfg.risk_free)
@@ -427,13 +544,18 @@ def backtest_table(market: pd.DataFrame, preds: pd.DataFrame, cfg=None, runs: di
     cfg = backtest_config(cfg)
     runs = runs if runs is not None else backtest_runs(market, preds, cfg)
     rows = []
+    published = cfg.rules == "published_code"
     for (model, seed, strategy, scaled), res in runs.items():
-        pf = performance(res.equity, res.round_trips, res.position, cfg.annualisation, cfg.risk_free)
-        ci = _sharpe_ci(res.returns, cfg)
+        if published:
+            pf = performance_quantstats(res.account_returns, res.round_trips, cfg.annualisation, cfg.risk_free)
+            extra = {"n_rejected": len(res.rejected)}
+        else:
+            pf, extra = performance(res.equity, res.round_trips, res.position, cfg.annualisation, cfg.risk_free), {}
+        ci = _sharpe_ci(run_returns(res, cfg), cfg)
         rows.append(dict(model=model, **({"label": _label(model, labels)} if labels is not None else {}),
                          seed=seed, strategy=strategy, scaled=scaled, **pf,
                          sharpe_lower=ci["lower"], sharpe_upper=ci["upper"], bootstrap_block=ci["block"],
-                         commission_paid=float(res.trades["commission"].sum()), final_equity=float(res.equity.iloc[-1])))
+                         commission_paid=float(res.trades["commission"].sum()), final_equity=float(res.equity.iloc[-1]), **extra))
     out = pd.DataFrame(rows)
     if len(out): out["bootstrap_block"] = out["bootstrap_block"].astype("Int64")      # whole days; <NA>: no interval
     return out
@@ -458,11 +580,11 @@ TABLE6_COLUMNS = ["label", "strategy", "scaled", "n_seeds", "time_in_market_pct"
                   "annual_return_pct", "annual_volatility_pct", "win_rate_pct", "avg_win_pct", "avg_loss_pct",
                   "model", "n_trades", "commission_paid", "final_equity"]
 
-def seed_average_returns(runs: Mapping) -> dict:
-    "{(model, strategy, scaled): the mean over seeds of the runs' daily returns} (equal capital per seed, rebalanced daily)."
+def seed_average_returns(runs: Mapping, cfg=None) -> dict:
+    "{(model, strategy, scaled): the mean over seeds of the runs' daily returns (`run_returns`)} (equal capital per seed, rebalanced daily)."
     groups: dict = {}
     for (model, seed, strategy, scaled), res in runs.items():
-        groups.setdefault((model, strategy, scaled), []).append(res.returns)
+        groups.setdefault((model, strategy, scaled), []).append(run_returns(res, cfg))
     out = {}
     for key, rs in groups.items():
         if any(not r.index.equals(rs[0].index) for r in rs):
@@ -481,7 +603,7 @@ def table6(per_seed: pd.DataFrame, runs: Mapping, cfg=None, labels: Mapping | No
     g = per_seed.groupby(keys, sort=False)
     t = g[metrics].mean().reset_index()
     t["n_seeds"] = g["seed"].nunique().to_numpy()
-    avg = seed_average_returns(runs)
+    avg = seed_average_returns(runs, cfg)
     absent = [k for k in zip(t["model"], t["strategy"], t["scaled"]) if k not in avg]
     if absent: raise ValueError(f"no runs for {absent[0]} (and {len(absent) - 1} more) of the per-seed table")
     ci = [_sharpe_ci(avg[k], cfg) for k in zip(t["model"], t["strategy"], t["scaled"])]

@@ -80,11 +80,16 @@ def main(argv=None) -> int:
                 for name, paths in miss.items(): print(f"{name}: missing deps {', '.join(paths)}")
                 from volnb.params import params_current
                 if not params_current(): print("params.yaml: not the default composition of conf/ (run volnb stage --sync-deps)")
-                if miss or not params_current(): return 1
+                from volnb.stages import sync_variants
+                stale = [f for f, ok in sync_variants(write=False).items() if not ok]
+                for f in stale: print(f"{f}: not current (run volnb stage --sync-deps)")
+                if miss or stale or not params_current(): return 1
                 print("dvc.yaml: every stage depends on the modules and config groups it reads; params.yaml is current")
             elif a.sync_deps:
                 from volnb.params import write_params
-                sync_deps(); write_params(); print("dvc.yaml: deps and params rewritten; params.yaml: the default composition of conf/")
+                from volnb.stages import sync_variants
+                sync_deps(); write_params(); sync_variants()
+                print("dvc.yaml (and the pipelines of volnb.stages.VARIANTS): deps and params rewritten; params.yaml: the default composition of conf/")
             elif a.name is None: raise ValueError("stage: give a stage name, --list, --check-deps or --sync-deps")
             elif a.requirements: print("\n".join(stage_requirements(a.name)))
             else: print(run_stage(a.name, a.overrides, a.out))

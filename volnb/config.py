@@ -12,10 +12,11 @@ __all__ = ['IsoTime', 'Span', 'Split', 'FEATURE_SOURCES', 'TRANSFORMS', 'BASELIN
            'PanelBreak', 'PanelCleaning', 'WalkForward', 'DeepModel', 'DeepSettings', 'SpilloverPenalty',
            'SpilloverRolling', 'SpilloverHourly', 'SpilloverEvents', 'Spillover', 'RegimeWindows', 'RegimeSweep',
            'RegimeSettings', 'TransferFit', 'TransferFinetune', 'TransferBaselineChoice', 'TransferBootstrap',
-           'Transfer', 'PanelStrategies', 'ExplainSettings', 'MultitokenExperiment', 'HttpSettings', 'BitstampSource',
-           'KlinesPanelSource', 'KlinesFreqtradeSource', 'AssetMetricsSource', 'FearGreedSource', 'FundingSource',
-           'RefreshConfig', 'SweepConfig', 'Config', 'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override',
-           'config_sources', 'explain_errors', 'validate_config', 'override_error']
+           'Transfer', 'PanelStrategies', 'ExplainSettings', 'LookbackBootstrap', 'LookbackSettings',
+           'MultitokenExperiment', 'HttpSettings', 'BitstampSource', 'KlinesPanelSource', 'KlinesFreqtradeSource',
+           'AssetMetricsSource', 'FearGreedSource', 'FundingSource', 'RefreshConfig', 'SweepConfig', 'Config',
+           'known_keys', 'Problem', 'ConfigError', 'Source', 'parse_override', 'config_sources', 'explain_errors',
+           'validate_config', 'override_error']
 
 # %% ../nbs/00a_config.ipynb #f4b65b69
 import difflib
@@ -128,6 +129,7 @@ class LSTMModel(Schema):
     hidden: int = Field(ge=1)
     n_layers: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
+    batch_size: Optional[int] = Field(None, ge=1)  # optional: overrides train.batch_size (the paper_* variants, Table 2)
 
 class TransformerModel(Schema):
     "`model` with `name: transformer` (volnb.models.DecoderTransformer, any attention variant)."
@@ -142,6 +144,7 @@ class TransformerModel(Schema):
     positional: Literal[POSITIONAL_ENCODINGS]
     ff_mult: Optional[int] = Field(None, ge=1)     # optional: the model's default (4)
     max_len: Optional[int] = Field(None, ge=1)     # optional: the training window
+    batch_size: Optional[int] = Field(None, ge=1)  # optional: overrides train.batch_size (the paper_* variants, Table 2)
 
 ModelConfig = Annotated[Union[LSTMModel, TransformerModel], Field(discriminator="name")]
 
@@ -195,6 +198,10 @@ class BacktestSchema(Schema):
     bootstrap_n: int
     bootstrap_alpha: float
     bootstrap_seed: int
+    rules: Literal["text", "published_code"] = "text"   # published_code: the authors' notebooks (conf/backtest/published_code.yaml)
+    spike_rule: Literal["level", "rising"] = "level"
+    entry_btc: float = 0.05                              # published_code: BTC per entry
+    scaled_multiplier: float = 2.0                       # published_code: scaled entries buy entry_btc x this x prediction
 
 # %% ../nbs/00a_config.ipynb #96467cb6
 DRIFT_SOURCES = ("api", "live")   # where scored rows come from: POST /predict, the live feed
@@ -249,7 +256,7 @@ class Target(Schema):
 
 class HerremansExperiment(Schema):
     "`experiment=herremans`: BTC next-day volatility and spikes (daily)."
-    name: Literal["herremans"]
+    name: Literal["herremans", "herremans_paper"]   # herremans_paper: the paper's own settings (conf/experiment/herremans_paper.yaml)
     start: IsoTime
     end: IsoTime
     split: Split
@@ -556,6 +563,42 @@ class ExplainSettings(Schema):
     threads: int = Field(ge=1)
     min_regime_samples: int = Field(ge=1)       # a regime with fewer windows is reported but not ranked
 
+class LookbackBootstrap(Schema):
+    "Moving-block bootstrap of the paired loss difference over test hours (volnb.lookback.paired_interval)."
+    block_hours: int = Field(ge=1)
+    reps: int = Field(ge=10)
+    level: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+
+class LookbackSettings(Schema):
+    "`experiment.lookback`: look-back windows of the linear-attention transformer on one block (volnb.lookback, stage multitoken_lookback, issue 13)."
+    windows: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2)]   # hours; the first is the base
+    patches: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]   # hours per position: one, or one per window
+    model: str                                  # a transformer of experiment.deep.models
+    attention: Literal[ATTENTION_VARIANTS]
+    tokens: Optional[Annotated[list[str], Field(min_length=1)]]   # null: every token of the panel
+    test_start: IsoTime                         # the walk-forward block whose test span starts here
+    epochs: int = Field(ge=1)
+    samples_per_epoch: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    val_samples: int = Field(ge=1)
+    patience: int = Field(ge=0)
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    threads: int = Field(ge=1)
+    report_horizons: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    bootstrap: LookbackBootstrap
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if any(b <= a for a, b in zip(self.windows, self.windows[1:])):
+            raise ValueError(f"lookback.windows must increase strictly, got {self.windows}")
+        if len(self.patches) not in (1, len(self.windows)):
+            raise ValueError(f"lookback.patches has {len(self.patches)} values for {len(self.windows)} windows (give one, or one per window)")
+        for w, p in zip(self.windows, self.patches * len(self.windows) if len(self.patches) == 1 else self.patches):
+            if w % p: raise ValueError(f"lookback.patches: patch={p} does not divide window={w}")
+        _distinct("seeds", self.seeds)
+        return self
+
 class MultitokenExperiment(Schema):
     "`experiment=multitoken` (CPU profile) and `multitoken_paper`: hourly direction and volatility of many tokens (Vayyasi)."
     name: Literal["multitoken", "multitoken_paper"]
@@ -574,9 +617,14 @@ class MultitokenExperiment(Schema):
     transfer: Optional[Transfer] = None         # pre-train on the majors, fine-tune per token (volnb.transfer)
     strategies: Optional[PanelStrategies] = None   # Table 5's strategies (volnb.panel_backtest)
     explain: Optional[ExplainSettings] = None   # Table 3: attention and ablation (volnb.panel_explain)
+    lookback: Optional[LookbackSettings] = None  # look-back windows of the linear transformer (volnb.lookback)
 
     @model_validator(mode="after")
     def _transfer_models_exist(self):
+        if self.lookback is not None and self.deep is not None:
+            m = self.deep.models.get(self.lookback.model)
+            if m is None or m.encoder != "transformer":
+                raise ValueError(f"lookback.model {self.lookback.model!r} is not a transformer of experiment.deep.models ({', '.join(self.deep.models)})")
         if self.transfer is not None and self.deep is not None:
             unknown = [m for m in self.transfer.models if m not in self.deep.models]
             if unknown: raise ValueError(f"transfer.models {unknown} are not models of experiment.deep.models ({', '.join(self.deep.models)})")

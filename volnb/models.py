@@ -118,7 +118,7 @@ PAPER_MODELS = {
     "Synthesizer MR": {"name": "transformer", "attention": "random_dot"},
 }
 
-_METADATA_KEYS = ("label",)   # descriptive keys of a model config that are not constructor arguments
+_METADATA_KEYS = ("label", "batch_size")   # keys of a model config that are not constructor arguments (batch_size: volnb.train)
 
 def build_model(model_cfg: Mapping, n_features: int, max_len: int) -> nn.Module:
     "Instantiate the model named by `model_cfg['name']` with the remaining keys as constructor kwargs."

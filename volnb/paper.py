@@ -18,17 +18,17 @@ from .core import DataValidationError, project_root
 # %% auto #0
 __all__ = ['MODELS', 'PAPER_BASELINES', 'SYNTHESIZERS', 'SHORT', 'SPECS', 'HERREMANS_TABLES', 'TRANSFORMS', 'REPRODUCED',
            'NOT_REPRODUCED', 'NOT_TESTABLE', 'NOT_YET', 'VERDICTS', 'CLAIM_COLUMNS', 'CLAIM_GROUPS', 'SPIKE_RULE',
-           'DECK_SPLIT', 'COMPARABILITY', 'T3_METRICS', 'T6_METRICS', 'VAYYASI_SPECS', 'VAYYASI_GROUPS',
-           'VAYYASI_NEEDS', 'VAYYASI_TOL', 'VAYYASI_STRATEGY', 'NANO_BUCKET', 'PEAK_REGIMES', 'VERDICT_COLORS',
-           'paper_dir', 'parse_number', 'printed_decimals', 'printed_interval', 'matches_printed', 'read_transcription',
-           'load_herremans', 'load_deck', 'printed', 'herremans_consistency', 'Decision', 'within_tolerance',
-           'intervals_overlap', 'seed_interval', 'beats', 'all_beat', 'all_within', 'share_above', 'in_confidence_set',
-           'top_k_match', 'recurs', 'not_testable', 'Claim', 'claim', 'claims_frame', 'verdict_counts',
-           'published_rmse', 'herremans_claims', 'paper_as_ours_table3', 'hanley_mcneil_se', 'auc_interval',
-           'fractions_matching', 'deck_consistency', 'deck_claims', 'side_by_side_table3', 'side_by_side_table4',
-           'side_by_side_table5', 'side_by_side_table6', 'side_by_side_appendix_b', 'side_by_side_appendix_c',
-           'read_vayyasi', 'load_vayyasi', 'in_set', 'wilson_interval', 'vayyasi_claims', 'verdict_matrix',
-           'plot_verdict_grid', 'plot_table3_dots']
+           'T6_RULES', 'DECK_SPLIT', 'DECK_LABELS', 'EQUAL_PREVALENCE_NEEDS', 'COMPARABILITY', 'T3_METRICS',
+           'T6_METRICS', 'VAYYASI_SPECS', 'VAYYASI_GROUPS', 'VAYYASI_NEEDS', 'VAYYASI_TOL', 'VAYYASI_STRATEGY',
+           'NANO_BUCKET', 'PEAK_REGIMES', 'VERDICT_COLORS', 'paper_dir', 'parse_number', 'printed_decimals',
+           'printed_interval', 'matches_printed', 'read_transcription', 'load_herremans', 'load_deck', 'printed',
+           'herremans_consistency', 'Decision', 'within_tolerance', 'intervals_overlap', 'seed_interval', 'beats',
+           'all_beat', 'all_within', 'share_above', 'in_confidence_set', 'top_k_match', 'recurs', 'not_testable',
+           'Claim', 'claim', 'claims_frame', 'verdict_counts', 'published_rmse', 'herremans_claims',
+           'paper_as_ours_table3', 'hanley_mcneil_se', 'auc_interval', 'fractions_matching', 'deck_consistency',
+           'ap_logit_interval', 'deck_claims', 'side_by_side_table3', 'side_by_side_table4', 'side_by_side_table5',
+           'side_by_side_table6', 'side_by_side_appendix_b', 'side_by_side_appendix_c', 'read_vayyasi', 'load_vayyasi',
+           'in_set', 'wilson_interval', 'vayyasi_claims', 'verdict_matrix', 'plot_verdict_grid', 'plot_table3_dots']
 
 # %% ../nbs/23_paper.ipynb #808fd320
 MODELS = ("garch", "lstm", "transformer", "synth_random", "synth_factorized_random", "synth_dense",
@@ -581,10 +581,10 @@ def verdict_counts(ledger: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     return out.rename_axis(index=by or "", columns=None).reset_index()
 
 # %% ../nbs/23_paper.ipynb #4a79a76e
-CLAIM_GROUPS = ("table3", "tests", "table4", "data", "features", "table6", "speed")
+CLAIM_GROUPS = ("table3", "tests", "table4", "data", "features", "table6", "table6_published_code", "speed")
 _NEEDS = {"table3": ["table3"], "tests": ["diebold_mariano", "model_confidence_set"], "table4": ["table4"],
           "data": ["splits", "appendix_c", "table4"], "features": ["appendix_b", "table5", "feature_map"],
-          "table6": ["table6"], "speed": ["training"]}
+          "table6": ["table6"], "table6_published_code": ["table6_published_code"], "speed": ["training"]}
 SPIKE_RULE = "vol>=1"
 
 def published_rmse(mae: float | np.ndarray, target_min: float, target_max: float):
@@ -776,38 +776,42 @@ def _feature_claims(P, ours) -> list[Claim]:
                      "-0.0398", "", pr5, not_testable("USDminus comes from the whale-alert tweets, which are not public")))
     return out
 
-def _t6_claims(P, ours) -> list[Claim]:
+T6_RULES = {"text": ("table6", "B.", "clean; ours mean over seeds; Sharpe annualised with sqrt(365)"),
+            "published_code": ("table6_published_code", "B.pc.", "clean; the published code's backtest rules (backtest=published_code), quantstats conventions (Sharpe x sqrt(252), rf 0); ours mean over seeds")}
+
+def _t6_claims(P, ours, rules: str = "text") -> list[Claim]:
+    "Table 6 claims on our Table 6 under `rules` (see `T6_RULES`: the table read, the id prefix, the protocol text)."
+    key, pre, pr = T6_RULES[rules]
     t6p = P["table6"]
-    o = ours["table6"].copy()
+    o = ours[key].copy()
     o["sizing"] = np.where(o.scaled.astype(str).str.lower() == "true", "S", "U")
     pm = [m for m in MODELS if m in set(t6p.model)]
     om = o[o.model.isin(pm) & (o.strategy != "buy_and_hold")].set_index(["model", "strategy", "sizing"])
     bh = o[o.strategy == "buy_and_hold"].iloc[0] if (o.strategy == "buy_and_hold").any() else None
     tx = P["text"].set_index("id").value
     T = lambda k: P["text"].attrs["printed"].set_index("id").at[k, "value"]
-    pr = "clean; ours mean over seeds; Sharpe annualised with sqrt(365)"
     out = []
     g = lambda r, col: r[col] if r is not None else math.nan
-    out.append(claim("B.bh_pnl", f"Buy-and-hold earns a PnL of {T('bh_pnl')} %", "Section 6.3; Table 6", T("bh_pnl"), g(bh, "pnl_pct"), pr,
+    out.append(claim(pre + "bh_pnl", f"Buy-and-hold earns a PnL of {T('bh_pnl')} %", "Section 6.3; Table 6", T("bh_pnl"), g(bh, "pnl_pct"), pr,
                      within_tolerance(tx["bh_pnl"], g(bh, "pnl_pct"), rel=0.1)))
-    out.append(claim("B.bh_mdd", f"Buy-and-hold has a maximum drawdown of {T('bh_mdd')} %", "Section 6.3; Table 6", -tx["bh_mdd"],
+    out.append(claim(pre + "bh_mdd", f"Buy-and-hold has a maximum drawdown of {T('bh_mdd')} %", "Section 6.3; Table 6", -tx["bh_mdd"],
                      g(bh, "max_drawdown_pct"), pr, within_tolerance(-tx["bh_mdd"], g(bh, "max_drawdown_pct"), rel=0.1)))
     sh = printed(t6p, "sharpe", {"strategy": "buy_and_hold"})
-    out.append(claim("B.bh_sharpe", f"Buy-and-hold has a Sharpe ratio of {sh}", "Table 6", sh, g(bh, "sharpe"),
+    out.append(claim(pre + "bh_sharpe", f"Buy-and-hold has a Sharpe ratio of {sh}", "Table 6", sh, g(bh, "sharpe"),
                      pr + "; our 95 % block-bootstrap interval", intervals_overlap(printed_interval(sh), (g(bh, "sharpe_lower"), g(bh, "sharpe_upper")),
                                                                            "paper's printed", "our bootstrap 95 %")))
     best_blsh = om.xs("buy_low_sell_high", level="strategy").pnl_pct.max()
     rest = pd.concat([om.drop(index="buy_low_sell_high", level="strategy").pnl_pct, pd.Series([g(bh, "pnl_pct")])]).max()
-    out.append(claim("B.blsh_best_pnl", "Buy-low-sell-high performs best in terms of PnL (24 %)", "Section 6.3; Table 6", T("blsh_best_pnl"),
+    out.append(claim(pre + "blsh_best_pnl", "Buy-low-sell-high performs best in terms of PnL (24 %)", "Section 6.3; Table 6", T("blsh_best_pnl"),
                      best_blsh, pr, beats(best_blsh, rest, True, ("best buy-low-sell-high", "best other strategy"))))
     bl = {f"{SHORT[m]}/{z}": om.at[(m, "buy_low_sell_high", z), "max_drawdown_pct"] for m in pm for z in "US"}
-    out.append(claim("B.blsh_mdd", "Buy-low-sell-high has a maximum drawdown between -25 % and -15 %", "Section 6.3; Table 6", "[-25, -15]",
+    out.append(claim(pre + "blsh_mdd", "Buy-low-sell-high has a maximum drawdown between -25 % and -15 %", "Section 6.3; Table 6", "[-25, -15]",
                      f"[{_fmt(min(bl.values()))}, {_fmt(max(bl.values()))}]", pr, all_within(bl, lo=tx["blsh_mdd_high"], hi=tx["blsh_mdd_low"], strict=False)))
     for col, k, what, kw in (("time_in_market_pct", "mom_time_max", "time in market below 20 %", dict(hi=tx["mom_time_max"])),
                              ("pnl_pct", None, "PnL between 2 % and 10 %", dict(lo=tx["mom_pnl_low"], hi=tx["mom_pnl_high"], strict=False)),
                              ("max_drawdown_pct", "mom_mdd_max", "maximum drawdown smaller than 5 %", dict(lo=-tx["mom_mdd_max"]))):
         vals = {f"{SHORT[m]}/{z}": om.at[(m, "momentum", z), col] for m in pm for z in "US"}
-        out.append(claim(f"B.momentum.{col}", f"Momentum: {what}", "Section 6.3; Table 6", what,
+        out.append(claim(pre + f"momentum.{col}", f"Momentum: {what}", "Section 6.3; Table 6", what,
                          f"[{_fmt(min(vals.values()))}, {_fmt(max(vals.values()))}]", pr, all_within(vals, **kw)))
     for col, up, what in (("pnl_pct", True, "raises PnL"), ("sharpe", True, "raises the Sharpe ratio"), ("kelly_pct", True, "raises the Kelly criterion"),
                           ("var95_parametric_pct", False, "raises the daily VaR (more negative)"), ("max_drawdown_pct", False, "deepens the maximum drawdown")):
@@ -819,20 +823,27 @@ def _t6_claims(P, ours) -> list[Claim]:
                 if _nan(a, b_): continue
                 flags[f"{SHORT[m]}/{s}"] = (a > b_) if up else (a < b_)
         d = share_above(flags) if flags else _missing("more than 50 % of cases hold", "a value")
-        out.append(claim(f"B.scaling.{pcol}", f"Volatility scaling of position sizes generally {what}", "Section 6.3; Section 7; Section 1",
+        out.append(claim(pre + f"scaling.{pcol}", f"Volatility scaling of position sizes generally {what}", "Section 6.3; Section 7; Section 1",
                          "more than half of the model-strategy pairs", "", pr, d))
     for k, s in (("fd_mom_pnl", "momentum"), ("fd_mr_pnl", "mean_reversion")):
         ov = om.at[("synth_factorized_dense", s, "S"), "pnl_pct"] if ("synth_factorized_dense", s, "S") in om.index else math.nan
-        out.append(claim(f"B.{k}", f"Synthesizer FD's scaled {s.replace('_', ' ')} strategy earns {T(k)} %", "Section 6.3; Table 6", T(k), ov,
+        out.append(claim(pre + f"{k}", f"Synthesizer FD's scaled {s.replace('_', ' ')} strategy earns {T(k)} %", "Section 6.3; Table 6", T(k), ov,
                          pr + "; 10 % tolerance", within_tolerance(tx[k], ov, rel=0.1)))
     rk = om.reset_index().assign(rank=lambda d: d.groupby(["strategy", "sizing"]).sharpe.rank(ascending=False, method="min"))
     fdr = {f"{s}/{z}": r for s, z, r in rk[rk.model == "synth_factorized_dense"][["strategy", "sizing", "rank"]].itertuples(index=False)}
-    out.append(claim("B.fd_sharpe_rank", "Strategies driven by Synthesizer FD consistently obtain one of the highest Sharpe ratios", "Section 6.3",
+    out.append(claim(pre + "fd_sharpe_rank", "Strategies driven by Synthesizer FD consistently obtain one of the highest Sharpe ratios", "Section 6.3",
                      "rank <= 3 of 7 in every strategy and sizing", _fmt(list(fdr.values())), pr, all_within(fdr, hi=3, strict=False)))
     mdd = {f"{SHORT[m]}/{s}/{z}": om.at[(m, s, z), "max_drawdown_pct"] for m, s, z in om.index}
-    out.append(claim("B.less_drawdown", "The model-driven strategies reduce drawdown compared with buy-and-hold while keeping steady profits",
+    out.append(claim(pre + "less_drawdown", "The model-driven strategies reduce drawdown compared with buy-and-hold while keeping steady profits",
                      "Abstract; Section 7", "drawdown above buy-and-hold's", _fmt(min(mdd.values())), pr,
                      all_within(mdd, lo=g(bh, "max_drawdown_pct"))))
+    if rules == "published_code":          # buy-and-hold's other columns: a check of the published conventions
+        for col, pcol, what in (("time_in_market_pct", "time_in_market_pct", "time in market"), ("kelly_pct", "kelly_pct", "Kelly criterion"),
+                                ("var95_parametric_pct", "daily_var_pct", "daily VaR")):
+            pv = t6p[t6p.strategy == "buy_and_hold"][pcol].iloc[0]
+            out.append(claim(pre + f"bh_{pcol}", f"Buy-and-hold has a {what} of {printed(t6p, pcol, {'strategy': 'buy_and_hold'})} %", "Table 6",
+                             printed(t6p, pcol, {"strategy": "buy_and_hold"}), g(bh, col), pr + "; 10 % tolerance",
+                             within_tolerance(pv, g(bh, col), rel=0.1)))
     return out
 
 def _speed_claims(P, ours) -> list[Claim]:
@@ -852,7 +863,8 @@ def herremans_claims(P: Mapping[str, pd.DataFrame], ours: Mapping[str, pd.DataFr
     if need: raise KeyError(f"our tables {need} are needed by claim groups {list(groups)}")
     build = {"table3": lambda: _t3_claims(P, ours, protocol), "tests": lambda: _tests_claims(P, ours, protocol),
              "table4": lambda: _t4_claims(P, ours, protocol), "data": lambda: _data_claims(P, ours),
-             "features": lambda: _feature_claims(P, ours), "table6": lambda: _t6_claims(P, ours), "speed": lambda: _speed_claims(P, ours)}
+             "features": lambda: _feature_claims(P, ours), "table6": lambda: _t6_claims(P, ours),
+             "table6_published_code": lambda: _t6_claims(P, ours, "published_code"), "speed": lambda: _speed_claims(P, ours)}
     return [c for g in groups for c in build[g]()]
 
 # %% ../nbs/23_paper.ipynb #27025f35
@@ -914,53 +926,112 @@ def deck_consistency(deck: pd.DataFrame) -> pd.DataFrame:
                     "possible positives: " + _fmt(sorted(set(pos_ok))[:6]), pos in pos_ok,
                     f"{T('best_recall')} % needs " + " or ".join(f"{n} ({100 * n / n_test:.0f} %)" for n in sorted(set(pos_ok)))
                     + f" positives among {n_test} test rows" if pos not in pos_ok else ""))
+    # a ranking no better than chance has a PR-AUC (average precision) equal to the share of positives, in expectation
+    prev = v["spike_share"] / 100
+    for key in sorted(k for k in deck.index if k.startswith("pr_auc_")):
+        out.append(_row("PR-AUC above the share of positives (what a random ranking scores)", "Models Evaluated; Training Details",
+                        key.replace("pr_auc_", ""), T(key), f"random: {_fmt(prev, 2)}", v[key] > prev,
+                        "" if v[key] > prev else f"PR-AUC {T(key)} is below the {T('spike_share')} % a random ranking scores: "
+                                                   "worse than chance, or not computed at the stated prevalence"))
     return pd.DataFrame(out, columns=["check", "source", "item", "printed", "recomputed", "consistent", "note"])
 
-def deck_claims(deck: pd.DataFrame, models: pd.DataFrame, splits: pd.DataFrame, serving: pd.DataFrame | None = None) -> list[Claim]:
-    """The deck's claims against our spike60s tables: `models` (reports/tables/spike60s/models.csv), `splits` (splits.csv)
-    and `serving` (reports/benchmarks/serving.csv, or None)."""
+DECK_LABELS = "deck"         # the `labels` value of the equal-prevalence table's rows labelled at the deck's share
+EQUAL_PREVALENCE_NEEDS = ("labels", "model", "split", "n", "positives", "share", "train_share", "roc_auc", "pr_auc",
+                          "target_share", "pr_auc_at_target")
+
+def ap_logit_interval(ap: float, n_pos: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """A 95 % interval (by default) for a PR-AUC (average precision) `ap` from `n_pos` positives: the logit interval of
+    Boyd, Eng & Page (2013), expit(logit(ap) ± z / sqrt(n_pos·ap·(1−ap)))."""
+    from scipy.special import expit, logit
+    if not 0 < ap < 1: raise ValueError(f"PR-AUC {ap} must be strictly between 0 and 1 for a logit interval")
+    if n_pos < 1: raise ValueError("need at least one positive")
+    tau = 1 / math.sqrt(n_pos * ap * (1 - ap))
+    return float(expit(logit(ap) - z * tau)), float(expit(logit(ap) + z * tau))
+
+def deck_claims(deck: pd.DataFrame, models: pd.DataFrame, splits: pd.DataFrame, serving: pd.DataFrame | None = None,
+                equal_prevalence: pd.DataFrame | None = None) -> list[Claim]:
+    """The deck's claims against our spike60s tables: `models` (reports/tables/spike60s/models.csv), `splits` (splits.csv),
+    `serving` (reports/benchmarks/serving.csv, or None) and `equal_prevalence` (equal_prevalence.csv, or None: the PR-AUC
+    claims are then not testable yet)."""
     v = deck.number
     T = lambda k: str(deck.attrs["printed"].set_index("id").at[k, "value"])
     m = models.set_index(["model", "split"])
     pr = f"ours: Binance 1-minute bars, split {DECK_SPLIT}"
     prev = lambda split="test": splits.set_index("split").at[split, "positive_rate"] if split in set(splits.split) else math.nan
-    out = []
-    if "prevalence" in models.columns:          # an equal-prevalence evaluation exists: not the case yet
-        raise NotImplementedError("models.csv has a prevalence column: compare the deck's PR-AUC at its prevalence here")
+    n_test = round(v["samples"] * v["test_share"] / 100)
+    n_pos = round(n_test * v["spike_share"] / 100)
+    ep = None
+    if equal_prevalence is not None:
+        lack = [c for c in EQUAL_PREVALENCE_NEEDS if c not in equal_prevalence.columns]
+        if lack: raise DataValidationError(f"equal-prevalence table lacks column(s) {lack}", file="equal_prevalence", column=lack[0])
+        ep = equal_prevalence[equal_prevalence["labels"] == DECK_LABELS].set_index(["model", "split"])
+        if len(ep) == 0: raise DataValidationError(f"equal-prevalence table has no rows labelled {DECK_LABELS!r}", file="equal_prevalence", column="labels")
+        if not np.allclose(ep["target_share"].to_numpy(dtype=float), v["spike_share"] / 100):
+            raise ValueError(f"equal-prevalence table targets share {sorted(set(ep['target_share']))}, not the deck's {T('spike_share')} %")
+    at_deck = lambda r: (f"ours: Binance 1-minute bars, split {DECK_SPLIT}, labelled at the deck's share on train ({100 * r.train_share:.1f} % "
+                         f"train, {100 * r.share:.1f} % {DECK_SPLIT}, threshold from train only), PR-AUC reweighted to {T('spike_share')} %")
     later = lambda what: not_testable(f"{what} depends on the share of positives (deck {T('spike_share')} %, ours {100 * prev():.1f} % on test); "
-                                      "needs the equal-prevalence evaluation (issue 15, section 3), which reports/tables/spike60s lacks", yet=True)
+                                      "needs the equal-prevalence evaluation (reports/tables/spike60s/equal_prevalence.csv)", yet=True)
+
+    def pr_auc_claim(cid: str, text: str, name: str, key: str) -> Claim:
+        "A deck PR-AUC against ours at the deck's prevalence: logit 95 % intervals overlap."
+        if ep is None:
+            ov = m.at[(name, DECK_SPLIT), "pr_auc"] if (name, DECK_SPLIT) in m.index else math.nan
+            return claim(cid, text, "Model Selection & Performance" if key.startswith("pr_auc_") else "Best Model Metrics",
+                         T(key), ov, pr + " (at ours prevalence)", later("PR-AUC"))
+        src = "Model Selection & Performance" if key.startswith("pr_auc_") else "Best Model Metrics"
+        if (name, DECK_SPLIT) not in ep.index:
+            return claim(cid, text, src, T(key), "", pr + " at the deck's prevalence", _missing("PR-AUC intervals overlap", f"{name}'s equal-prevalence row"))
+        r = ep.loc[(name, DECK_SPLIT)]
+        d = intervals_overlap(ap_logit_interval(v[key], n_pos), ap_logit_interval(r.pr_auc_at_target, int(r.positives)),
+                              f"deck's 95 % (logit, {n_pos}+)", f"our 95 % (logit, {int(r.positives)}+)")
+        d = Decision(d.verdict, d.rule, d.reason + f"; a random classifier scores {_fmt(v['spike_share'] / 100)}; "
+                     f"ours at our labels ({100 * prev():.1f} % positives): {_fmt(m.at[(name, DECK_SPLIT), 'pr_auc'] if (name, DECK_SPLIT) in m.index else math.nan)}")
+        return claim(cid, text, src, T(key), r.pr_auc_at_target, at_deck(r), d)
+
+    out = []
     for name in ("logreg", "gradient_boosting", "zscore", "random_forest"):
-        ov = m.at[(name, DECK_SPLIT), "pr_auc"] if (name, DECK_SPLIT) in m.index else math.nan
-        out.append(claim(f"SP.pr_auc.{name}", f"{name} reaches PR-AUC {T('pr_auc_' + name)}", "Model Selection & Performance",
-                         T("pr_auc_" + name), ov, pr + " (at ours prevalence)", later("PR-AUC")))
+        out.append(pr_auc_claim(f"SP.pr_auc.{name}", f"{name} reaches PR-AUC {T('pr_auc_' + name)}", name, "pr_auc_" + name))
     val = models[models.split == "validation"].set_index("model").pr_auc
     others = val.drop("logreg", errors="ignore")
     out.append(claim("SP.selected", "Logistic regression is the best of the four models by PR-AUC (selected)", "Model Selection & Performance",
                      T("selected"), val.idxmax() if len(val) else "", "ours: validation split (where the model is chosen)",
                      beats(val.get("logreg", math.nan), others.max() if len(others) else math.nan, True, ("logreg", f"best other ({others.idxmax() if len(others) else ''})"))))
-    te = models[models.split == DECK_SPLIT].set_index("model").pr_auc
     order = ["logreg", "gradient_boosting", "zscore", "random_forest"]
+    order_text = "PR-AUC ranks logistic regression > gradient boosting > z-score > random forest"
+    printed_order = " > ".join(T("pr_auc_" + a) for a in order)
+    te = models[models.split == DECK_SPLIT].set_index("model").pr_auc
     pairs = [(a, te.get(a, math.nan), b, te.get(b, math.nan)) for a, b in zip(order, order[1:])]
-    out.append(claim("SP.order", "PR-AUC ranks logistic regression > gradient boosting > z-score > random forest", "Model Selection & Performance",
-                     "0.89 > 0.84 > 0.33 > 0.30", _fmt([te.get(a, math.nan) for a in order]), pr + " (one prevalence for all models)",
-                     all_beat(pairs, True)))
-    n_test = round(v["samples"] * v["test_share"] / 100)
-    n_pos = round(n_test * v["spike_share"] / 100)
+    out.append(claim("SP.order", order_text, "Model Selection & Performance", printed_order, _fmt([te.get(a, math.nan) for a in order]),
+                     pr + " (one prevalence for all models)", all_beat(pairs, True)))
+    if ep is not None:
+        de = ep.xs(DECK_SPLIT, level="split").pr_auc_at_target if DECK_SPLIT in set(ep.index.get_level_values("split")) else pd.Series(dtype=float)
+        pairs = [(a, de.get(a, math.nan), b, de.get(b, math.nan)) for a, b in zip(order, order[1:])]
+        out.append(claim("SP.order.deck_prevalence", order_text + " (at the deck's prevalence)", "Model Selection & Performance", printed_order,
+                         _fmt([de.get(a, math.nan) for a in order]), pr + f", labelled at the deck's share on train, PR-AUC reweighted to {T('spike_share')} %",
+                         all_beat(pairs, True)))
     key = ("logreg", DECK_SPLIT)
-    if key in m.index:
-        r = m.loc[key]
+    roc_text = f"The selected model (logistic regression) reaches ROC-AUC {T('best_roc_auc')}"
+    deck_iv, deck_what = auc_interval(v["best_roc_auc"], n_pos, n_test - n_pos), f"deck's 95 % (Hanley-McNeil, {n_pos}+/{n_test - n_pos}-)"
+    def roc_decision(r):
         n1 = int(r.positives); n0 = int(r.n) - n1
-        d = intervals_overlap(auc_interval(v["best_roc_auc"], n_pos, n_test - n_pos), auc_interval(r.roc_auc, n1, n0),
-                              f"deck's 95 % (Hanley-McNeil, {n_pos}+/{n_test - n_pos}-)", f"our 95 % (Hanley-McNeil, {n1}+/{n0}-)")
-        ov = r.roc_auc
+        return intervals_overlap(deck_iv, auc_interval(r.roc_auc, n1, n0), deck_what, f"our 95 % (Hanley-McNeil, {n1}+/{n0}-)")
+    if key in m.index: d, ov = roc_decision(m.loc[key]), m.loc[key].roc_auc
     else: d, ov = _missing("ROC-AUC intervals overlap", "our logreg ROC-AUC"), math.nan
-    out.append(claim("SP.roc_auc", f"The selected model (logistic regression) reaches ROC-AUC {T('best_roc_auc')}", "Best Model Metrics",
-                     T("best_roc_auc"), ov, pr + "; ROC-AUC does not depend on prevalence", d))
-    for k, what in (("best_pr_auc", "PR-AUC"), ("best_f1", "F1"), ("best_precision", "precision"), ("best_recall", "recall")):
-        col = {"best_pr_auc": "pr_auc", "best_f1": "f1", "best_precision": "precision", "best_recall": "recall"}[k]
+    out.append(claim("SP.roc_auc", roc_text, "Best Model Metrics", T("best_roc_auc"), ov, pr + "; ROC-AUC does not depend on prevalence", d))
+    if ep is not None:
+        if key in ep.index: d, ov, p = roc_decision(ep.loc[key]), ep.loc[key].roc_auc, at_deck(ep.loc[key]).split(", PR-AUC")[0]
+        else: d, ov, p = _missing("ROC-AUC intervals overlap", "our logreg equal-prevalence row"), math.nan, pr
+        out.append(claim("SP.roc_auc.deck_prevalence", roc_text + " (at the deck's prevalence)", "Best Model Metrics", T("best_roc_auc"), ov, p, d))
+    out.append(pr_auc_claim("SP.best_pr_auc", f"The selected model reaches PR-AUC {T('best_pr_auc')}", "logreg", "best_pr_auc"))
+    for k, what in (("best_f1", "F1"), ("best_precision", "precision"), ("best_recall", "recall")):
+        col = {"best_f1": "f1", "best_precision": "precision", "best_recall": "recall"}[k]
         ov = m.at[key, col] if key in m.index else math.nan
         if col in ("precision", "recall"): ov = 100 * ov                     # the deck prints them in %
-        out.append(claim(f"SP.{k}", f"The selected model reaches {what} {T(k)}", "Best Model Metrics", T(k), ov, pr, later(what)))
+        d = later(what) if ep is None else not_testable(
+            f"{what} at a decision threshold depends on the share of positives; equal_prevalence.csv has it at the realised test share "
+            f"of the deck's labels, not at {T('spike_share')} %, and no interval rule for it is written yet", yet=True)
+        out.append(claim(f"SP.{k}", f"The selected model reaches {what} {T(k)}", "Best Model Metrics", T(k), ov, pr, d))
     out.append(claim("SP.spike_share", f"{T('spike_share')} % of the samples are spikes", "Training Details", T("spike_share"),
                      100 * prev(), "ours: share of positives on test (label: 95th percentile of training-span next-minute volatility)",
                      not_testable("the deck's labelling rule and its recorded Coinbase stream are not published; our share follows our own label")))
@@ -989,7 +1060,8 @@ COMPARABILITY = {
     "counts": "same definition (actual target >= 1, predicted >= 1, same test days); other data (public substitutes, no whale-alert tweets): 61 test spikes vs the paper's 60",
     "table4": "same definition (actual target >= T, predicted >= 1); other data: 29/8/1 spikes at 1.1/1.2/1.3 vs the paper's 29/7/1",
     "table5": "paper: signed ablation score, unknown units; ours: mean |change of the forecast| (target units) when the feature is set to its training mean; other feature set",
-    "table6": "same strategies and costs, our text-faithful rules (conf/backtest/default.yaml); Sharpe x sqrt(365); the paper's conventions may differ (e.g. quantstats' sqrt(252))",
+    "table6": "same strategies and costs, our text-faithful rules (conf/backtest/default.yaml); Sharpe x sqrt(365); the paper's numbers come from the published code's rules and quantstats' conventions (column clean_published_code_rules)",
+    "table6_published_code": "the published code's rules (conf/backtest/published_code.yaml: 0.05 BTC per entry, one position at a time, same-day log return, a spike needs a rising forecast) and quantstats' conventions (Sharpe x sqrt(252), rf 0, parametric VaR, Kelly over non-zero daily returns); other data and models",
     "appendix_b": "ours: public substitute of the feature (feature_map.csv), after our transform, against the target vol^(1/4)",
     "appendix_c": "ours: public substitute of the feature (feature_map.csv) over 2016-01-02..2021-09-21",
 }
@@ -1057,24 +1129,31 @@ def side_by_side_table5(P, clean: pd.DataFrame, feature_map: pd.DataFrame) -> pd
 T6_METRICS = {"time_in_market_pct": "time_in_market_pct", "sharpe": "sharpe", "max_drawdown_pct": "max_drawdown_pct",
               "kelly_pct": "kelly_pct", "daily_var_pct": "var95_parametric_pct", "pnl_pct": "pnl_pct"}
 
-def side_by_side_table6(P, clean: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Table 6, one row per model, strategy, sizing and metric; ours: mean over seeds (buy-and-hold: one row for all models)."
+def side_by_side_table6(P, clean: pd.DataFrame, published: pd.DataFrame | None = None,
+                        clean_published_rules: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 6, one row per model, strategy, sizing and metric; ours: mean over seeds (buy-and-hold: one row for all models).
+    `clean`: our Table 6 under the text's rules; `published`: the same under the published_code training protocol;
+    `clean_published_rules`: our Table 6 (clean protocol) under the published code's backtest rules (`table6_published_code`)."""
     def index(o):
         if o is None: return None
         o = o.assign(sizing=np.where(o.scaled.astype(str).str.lower() == "true", "S", "U"))
         o.loc[o.strategy == "buy_and_hold", ["model", "sizing"]] = ["", ""]
         return o.drop_duplicates(["model", "strategy", "sizing"]).set_index(["model", "strategy", "sizing"])
-    c, p = index(clean), index(published)
+    c, p, q = index(clean), index(published), index(clean_published_rules)
+    val = lambda f, key, col: f.at[key, col] if f is not None and key in f.index else math.nan
+    ci = lambda f, key, k: f"[{f.at[key, 'sharpe_lower']:.3g}, {f.at[key, 'sharpe_upper']:.3g}]" if k == "sharpe" and f is not None and key in f.index else ""
     rows = []
     for _, r in P["table6"].iterrows():
         key = (r.model, r.strategy, r.sizing)
         for k, ok in T6_METRICS.items():
-            cv = c.at[key, ok] if key in c.index else math.nan
-            pv = p.at[key, ok] if p is not None and key in p.index else math.nan
+            cv, pv, qv = val(c, key, ok), val(p, key, ok), val(q, key, ok)
             rows.append(dict(model=r.model, strategy=r.strategy, sizing=r.sizing, metric=k, paper=r[k], clean=cv, published_code=pv,
-                             diff_clean=cv - r[k], diff_published_code=pv - r[k],
-                             clean_interval=f"[{c.at[key, 'sharpe_lower']:.3g}, {c.at[key, 'sharpe_upper']:.3g}]" if k == "sharpe" and key in c.index else "",
-                             comparability=COMPARABILITY["table6"] + ("" if p is not None else "; no published_code backtest table yet")))
+                             clean_published_code_rules=qv, diff_clean=cv - r[k], diff_published_code=pv - r[k],
+                             diff_clean_published_code_rules=qv - r[k], clean_interval=ci(c, key, k),
+                             clean_published_code_rules_interval=ci(q, key, k),
+                             comparability=COMPARABILITY["table6"] + ("" if p is not None else "; no published_code backtest table yet"),
+                             comparability_published_code_rules=COMPARABILITY["table6_published_code"]
+                             + ("" if q is not None else "; no table6_published_code given")))
     return pd.DataFrame(rows)
 
 def side_by_side_appendix_b(P, ours: pd.DataFrame) -> pd.DataFrame:

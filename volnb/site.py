@@ -313,9 +313,9 @@ def default_exp(nb) -> str | None:
 
 # %% ../nbs/24_site.ipynb #ee4cb9a3
 EXPERIMENTS = ("herremans", "spike60s", "multitoken")
-HEADLINES = {"herremans": ("table3", "protocol_comparison"), "spike60s": ("models",), "multitoken": ("table1_baselines",)}
+HEADLINES = {"herremans": ("table3", "protocol_comparison"), "spike60s": ("models",), "multitoken": ("table1", "table1_paper")}
 LEDGER = "claims"
-LEDGERS = ("herremans", "spike60s")          # the experiments whose claims ledger the landing page expects
+LEDGERS = ("herremans", "spike60s", "multitoken")        # the experiments whose claims ledger the landing page expects
 
 def experiments_in(root, known=EXPERIMENTS) -> list[str]:
     "The experiments with tables or figures under `root/reports`: the known ones first, then the others by name."

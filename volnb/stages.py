@@ -22,9 +22,9 @@ from .core import compose_config, project_root, resolve_path, split_overrides
 from .params import stage_params_overrides
 
 # %% auto #0
-__all__ = ['STAGES', 'CONFIG_GROUPS', 'StagePaths', 'model_configs', 'model_labels', 'Stage', 'get_stage', 'executed_notebook',
-           'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'papers_read', 'stage_params',
-           'stage_requirements', 'missing_deps', 'sync_deps']
+__all__ = ['STAGES', 'CONFIG_GROUPS', 'VARIANTS', 'StagePaths', 'model_configs', 'model_labels', 'Stage', 'get_stage',
+           'executed_notebook', 'run_stage', 'volnb_imports', 'config_groups_read', 'module_closure', 'papers_read',
+           'stage_params', 'stage_requirements', 'missing_deps', 'sync_deps', 'variant_pipeline', 'sync_variants']
 
 # %% ../nbs/16_stages.ipynb #920b1446
 class StagePaths:
@@ -109,7 +109,7 @@ def model_labels(overrides: str | Sequence[str] | None = None, models: Sequence[
     labels.update({k: str(v) for k, v in cfg.baselines.labels.items()})
     return labels
 
-# %% ../nbs/16_stages.ipynb #3b51322b
+# %% ../nbs/16_stages.ipynb #f94f1f88
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage: the notebook it runs, the overrides it fixes, other papermill parameters."
@@ -117,6 +117,7 @@ class Stage:
     notebook: str
     overrides: str
     parameters: dict = field(default_factory=dict)
+    runs: tuple = ()          # stages whose notebook this one runs itself (a sweep's points): their code is its code
 
     @property
     def experiment(self) -> str:
@@ -124,14 +125,15 @@ class Stage:
             if o.startswith("experiment="): return o.split("=", 1)[1]
         raise ValueError(f"stage {self.name!r} fixes no experiment")
 
-def _stage(name, notebook=None, overrides="experiment=herremans", **params):
-    return Stage(name, notebook or name, overrides, dict(params))
+def _stage(name, notebook=None, overrides="experiment=herremans", runs=(), **params):
+    return Stage(name, notebook or name, overrides, dict(params), tuple(runs))
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("prepare"), _stage("describe"), _stage("baselines"), _stage("train"), _stage("evaluate"),
     _stage("train_published_code", "train", "experiment=herremans protocol=published_code"),
     _stage("evaluate_published_code", "evaluate", "experiment=herremans protocol=published_code"),
     _stage("explain"), _stage("backtest"),
+    _stage("herremans_table1_grid", runs=["train"]),
     _stage("spike_prepare", overrides="experiment=spike60s"),
     _stage("spike_train", overrides="experiment=spike60s"),
     _stage("spike_evaluate", overrides="experiment=spike60s"),
@@ -144,6 +146,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     _stage("multitoken_transfer", overrides="experiment=multitoken"),
     _stage("multitoken_backtest", overrides="experiment=multitoken"),
     _stage("multitoken_explain", overrides="experiment=multitoken"),
+    _stage("multitoken_lookback", overrides="experiment=multitoken"),
     _stage("multitoken_claims", overrides="experiment=multitoken"),
     _stage("herremans_claims"),
     _stage("report"),
@@ -218,7 +221,7 @@ def run_stage(name: str, overrides: str | Sequence[str] | None = None, out=None,
     if echo: print(f"[stage] {name}: done in {time.perf_counter() - t0:.0f} s -> {dest.relative_to(root) if dest.is_relative_to(root) else dest}", flush=True)
     return dest
 
-# %% ../nbs/16_stages.ipynb #4982ef9f
+# %% ../nbs/16_stages.ipynb #35b9f3e3
 CONFIG_GROUPS = ("data", "features", "baselines", "model", "train", "protocol", "backtest", "serve", "experiment", "refresh", "sweep")
 
 def _notebook_source(path) -> str:
@@ -277,6 +280,7 @@ def module_closure(names: Iterable[str], lib_dir) -> set[str]:
         todo.extend(volnb_imports(f.read_text(encoding="utf-8"), module=n) - seen)
     return seen
 
+_SWEEP_RE = re.compile(r"""\b(?:run_sweep|plan_sweep|load_spec)\(\s*["']([\w.-]+)["']""")
 _OTHER_EXP_RE = re.compile(r"""compose_config\(\s*["']experiment=(\w+)""")
 _PAPER_RE = re.compile(r"""["']conf["']\s*/\s*["']paper["'](?:\s*/\s*["'](\w+)["'])?""")
 
@@ -301,6 +305,7 @@ def stage_params(name: str, root=None) -> list[str]:
     seed = any(m.group("a") == "seed" or m.group("b") == "seed" or m.group("c") == "seed"
                for t in texts for m in _GROUP_RE.finditer(_code_only(t)))                # the top-level `seed`
     keys = (_groups_read(st, texts) | {"experiment"} | ({"seed"} if seed else set())) - {"refresh", "sweep"}
+    for other in st.runs: keys |= set(stage_params(other, root))
     return sorted(keys)                                                                   # refresh, sweep: not in params.yaml
 
 def stage_requirements(name: str, root=None) -> list[str]:
@@ -315,6 +320,9 @@ def stage_requirements(name: str, root=None) -> list[str]:
     papers = set().union(*(papers_read(t) for t in texts))
     if "conf/paper" in papers: papers = {"conf/paper"}                           # the whole folder covers each paper
     reqs += sorted(papers)
+    reqs += list(dict.fromkeys(f"conf/sweep/{m.group(1)}.yaml" for m in _SWEEP_RE.finditer(_code_only(src))))   # sweep specs it runs
+    for other in st.runs:                                                        # the notebooks it runs, and their code
+        reqs += [r for r in stage_requirements(other, root) if r not in reqs]
     return reqs
 
 def missing_deps(dvc_yaml=None, root=None) -> dict[str, list[str]]:
@@ -374,3 +382,56 @@ def sync_deps(dvc_yaml=None, root=None, write: bool = True) -> str:
         from volnb.core import write_text
         write_text(path, new)
     return new
+
+# %% ../nbs/16_stages.ipynb #6053fe74
+VARIANTS = {    # file -> (stages, overrides, experiment, what it is)
+    "paper_runs/dvc.yaml": (("prepare", "baselines", "train", "evaluate"),
+                            "experiment=herremans_paper experiment.models=[paper_transformer,paper_synth_factorized_dense] "
+                            "train.seeds=[0,1,2] train.max_epochs=15 train.progress_bar=false",
+                            "herremans_paper",
+                            "Herremans & Low with the paper's own settings (Section 5.2's train=paper, Table 2's hyperparameters: "
+                            "conf/experiment/herremans_paper.yaml), a documented subset: the vanilla Transformer and Synthesizer FD "
+                            "(the paper's best F1), seeds 0-2, at most 15 epochs (patience 200 cannot trigger). The full run's "
+                            "projection: reports/benchmarks/herremans_paper_profile.md. Not part of `dvc repro`; run it with "
+                            "`dvc repro paper_runs/dvc.yaml`."),
+}
+
+def variant_pipeline(names: Sequence[str], overrides: str, experiment: str, note: str = "", dvc_yaml=None, root=None) -> str:
+    "The text of a pipeline file that runs stages `names` of `dvc.yaml` with `overrides`, writing under `experiment`."
+    import yaml
+    root = Path(root or project_root())
+    spec = yaml.safe_load(Path(dvc_yaml or root / "dvc.yaml").read_text(encoding="utf-8"))
+    models = list(compose_config(overrides).experiment.get("models") or [])
+    sub = lambda x: x.replace("${exp}", experiment)
+    stages = {}
+    for n in names:
+        st = spec["stages"][n]
+        deps = [sub(d) for d in st["deps"] if not d.startswith(_CODE_PREFIXES)]
+        deps += [*stage_requirements(n, root), f"conf/experiment/{experiment}.yaml"]
+        outs = []
+        for o in st.get("outs", []):
+            path = o if isinstance(o, str) else next(iter(o))
+            if n == "train" and "/predictions/" in path: continue              # one file per model of `overrides`
+            outs.append(sub(path) if isinstance(o, str) else {sub(path): o[path]})
+        if n == "train": outs[1:1] = [f"reports/artifacts/{experiment}/predictions/{m}.parquet" for m in models]
+        stages[n] = {"wdir": "..", "cmd": f'volnb stage {n} --overrides "{overrides}"', "deps": deps,
+                     "params": stage_params(n, root), "outs": outs}
+        if st.get("metrics"): stages[n]["metrics"] = [{sub(next(iter(m))): next(iter(m.values()))} for m in st["metrics"]]
+    head = "".join(f"# {line}\n" for line in _wrap(note)) + "# Generated by `volnb stage --sync-deps` (volnb.stages.VARIANTS): edit there, not here.\n"
+    return head + yaml.safe_dump({"stages": stages}, sort_keys=False, width=200)
+
+def _wrap(text: str, width: int = 116) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width) if text else []
+
+def sync_variants(root=None, write: bool = True) -> dict[str, bool]:
+    "Rewrite each file of `VARIANTS`; returns, per file, whether it was current."
+    from volnb.core import write_text
+    root = Path(root or project_root())
+    out = {}
+    for rel, (names, ov, exp, note) in VARIANTS.items():
+        f = root / rel
+        text = variant_pipeline(names, ov, exp, note, root=root)
+        out[rel] = f.exists() and f.read_text(encoding="utf-8") == text
+        if write and not out[rel]: write_text(f, text)
+    return out

@@ -164,7 +164,7 @@ def train_model(cfg, features: pd.DataFrame, market: pd.DataFrame, scaler: dict,
     X, y, sp = scaled_inputs(features, market, scaler)
     train_ds = WindowDataset(X, y, sp, "train", window)
     val_ds = WindowDataset(X, y, sp, selection, window)   # "validation" unless protocol=published_code
-    nw, bs = int(tcfg.num_workers), int(tcfg.batch_size)
+    nw, bs = int(tcfg.num_workers), int(cfg.model.get("batch_size") or tcfg.batch_size)   # a model-level batch_size wins
     g = torch.Generator().manual_seed(int(seed))
     train_dl = DataLoader(train_ds, batch_size=bs, shuffle=bool(tcfg.shuffle), num_workers=nw, generator=g,
                           collate_fn=stacked)

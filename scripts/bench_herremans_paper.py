@@ -39,8 +39,12 @@ AUTHORS_BEST_EPOCH = {"lstm": 247, "transformer": 144, "synth_random": 115, "syn
 AUTHORS_DIR = {"lstm": "lstm", "transformer": "transformer", "synth_random": "random", "synth_factorized_random": "fac_random",
                "synth_dense": "dense", "synth_factorized_dense": "fac_dense", "synth_dense_dot": "mix_dense",
                "synth_random_dot": "mix_random"}
-SUBSET = ("paper_transformer", "paper_synth_factorized_dense")   # the documented subset (paper_runs/dvc.yaml)
-SUBSET_EPOCHS = 40                                                # its epoch cap (see project_subset)
+def subset():
+    "The documented subset that paper_runs/dvc.yaml runs (volnb.stages.VARIANTS): models, seeds, epoch cap."
+    from volnb.core import compose_config
+    from volnb.stages import VARIANTS
+    c = compose_config(VARIANTS["paper_runs/dvc.yaml"][1])
+    return tuple(c.experiment.models), list(c.train.seeds), int(c.train.max_epochs)
 
 
 def setup():
@@ -99,6 +103,7 @@ def main():
     cfgs = compose_all(list(cfg.experiment.models), epochs)
     cache = Path(os.environ["BENCH_CACHE"]) if os.environ.get("BENCH_CACHE") else None   # resume an interrupted run
     per_model = json.loads(cache.read_text()) if cache and cache.exists() else {}
+    reused = sorted(per_model)                      # epoch times read back from BENCH_CACHE, not measured in this run
     for name, c in cfgs.items():
         if name in per_model: continue
         per_model[name] = epoch_seconds(c, X, M, sc, epochs)
@@ -108,12 +113,13 @@ def main():
     cores = os.cpu_count() or 1
     rows, tot = project(per_model, seeds, max_epochs, patience, cores)
     fits = tot["wall_h_expected"] * 60 <= BUDGET_MIN
-    sub_core_s = sum(per_model[m]["s_per_epoch"] for m in SUBSET) * SUBSET_EPOCHS * seeds
+    SUBSET, sub_seeds, SUBSET_EPOCHS = subset()
+    sub_core_s = sum(per_model[m]["s_per_epoch"] for m in SUBSET) * SUBSET_EPOCHS * len(sub_seeds)
     sub_full = [r for r in rows if r["model"] in SUBSET]
     res = {"experiment": EXPERIMENT, "epochs_measured": epochs, "threads": 1, "seeds": seeds, "max_epochs": max_epochs,
            "patience": patience, "cores": cores, "per_model": per_model, "projection": rows, "total": tot,
            "budget_min": BUDGET_MIN, "fits_budget": fits,
-           "subset": {"models": list(SUBSET), "seeds": seeds, "max_epochs": SUBSET_EPOCHS,
+           "subset": {"models": list(SUBSET), "seeds": sub_seeds, "max_epochs": SUBSET_EPOCHS,
                       "wall_min": sub_core_s / 60 / cores, "core_min": sub_core_s / 60,
                       "full_length_wall_h_expected": sum(r["core_h_expected"] for r in sub_full) / cores}}
     head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -129,7 +135,9 @@ def main():
              f"and Section 5.2's profile (`conf/train/paper.yaml`: window {cfg.train.window}, lr {cfg.train.lr:g}, weight decay "
              f"{cfg.train.weight_decay:g}, up to {max_epochs:,} epochs, patience {patience}); each model trained {epochs} epochs "
              "without early stopping, 1 intra-op thread, one run at a time, as the `train` stage trains it (validation and "
-             "checkpoint every epoch), on the real prepared data (another agent's load on the shared machine may add noise).", "",
+             "checkpoint every epoch), on the real prepared data (another agent's load on the shared machine may add noise)."
+             + (f" Epoch times of {len(reused)} models read back from an earlier run's BENCH_CACHE (commit "
+                f"`{os.environ.get('BENCH_MEASURED_COMMIT', 'unknown')}`)." if reused else ""), "",
              "| model | batch size | steps/epoch | parameters | s/epoch | authors' best epoch | expected epochs | core-h at 10,000 epochs x 5 seeds | core-h expected x 5 seeds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -146,10 +154,10 @@ def main():
               "(github.com/dorienh/bitcoin_synthesizer, `models/<dir>/epoch=<best>-val_loss=<v>.ckpt`). Their runs fed a "
               "batch of consecutive days as one sequence (see conf/model/paper_transformer_base.yaml), so the number of "
               "optimiser steps per epoch differs from ours: an order of magnitude, not a forecast.", "",
-              f"**Documented subset** (paper_runs/dvc.yaml): {', '.join(SUBSET)}, all {seeds} seeds, capped at "
-              f"{SUBSET_EPOCHS} epochs (patience 200 cannot trigger): about {sub['wall_min']:.0f} min wall on {cores} cores "
-              f"({sub['core_min']:.0f} core-min). The same two models at full length would take about "
-              f"{sub['full_length_wall_h_expected']:.1f} h wall under the assumption above."]
+              f"**Documented subset** (paper_runs/dvc.yaml, from volnb.stages.VARIANTS): {', '.join(SUBSET)}, seeds "
+              f"{sub_seeds}, capped at {SUBSET_EPOCHS} epochs (patience 200 cannot trigger): about {sub['wall_min']:.0f} min "
+              f"wall on {cores} idle cores ({sub['core_min']:.0f} core-min). The same models at full length, 5 seeds, would take "
+              f"about {sub['full_length_wall_h_expected']:.1f} h wall under the assumption above."]
     (dest / "herremans_paper_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -35,3 +35,13 @@ def one_block(panel):
     t0 = panel.timestamp.min()
     return Block((None, t0 + pd.Timedelta(hours=2000)), (t0 + pd.Timedelta(hours=2000), t0 + pd.Timedelta(hours=2400)),
                  (t0 + pd.Timedelta(hours=2400), t0 + pd.Timedelta(hours=3000)))
+
+
+def altered_after(panel, hours_into_test=200):
+    "For the no-look-ahead tests: the hour T (into the test span of `one_block`) and a copy of `panel` whose every bar after T is changed."
+    T = one_block(panel).test[0] + pd.Timedelta(hours=hours_into_test)
+    later = panel.copy()
+    after = later.timestamp > T
+    for c in ("open", "high", "low", "close"): later.loc[after, c] *= 1.7
+    later.loc[after, "volume"] *= 0.1
+    return T, later

@@ -12,7 +12,7 @@ from volnb.metrics import qlike_loss
 from volnb.panel_features import panel_targets
 from volnb.panel_models import FeatureScaler, build_panel_model, predict_rows
 
-from synthetic_panel import features, one_block, synthetic_panel
+from synthetic_panel import altered_after, features, one_block, synthetic_panel
 
 CATS = {"AAA": "x", "BBB": "x"}
 WINDOWS, PATCHES, WARMUP = [24, 48, 96], [4, 8, 16], 24
@@ -82,11 +82,7 @@ def test_scaler_is_fitted_on_training_rows_only(data):
 def test_longest_window_forecast_at_t_does_not_see_data_after_t(data):
     panel, _, _ = data
     b = one_block(panel)
-    T = b.test[0] + pd.Timedelta(hours=200)
-    later = panel.copy()
-    after = later.timestamp > T
-    for c in ("open", "high", "low", "close"): later.loc[after, c] *= 1.7
-    later.loc[after, "volume"] *= 0.1
+    T, later = altered_after(panel)
     outs = []
     for p in (panel, later):
         d = lookback_data(p, features(p), panel_targets(p, [1, 4]), CATS, b, WINDOWS, WARMUP, [1, 4], 200, 2)

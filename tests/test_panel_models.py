@@ -9,7 +9,7 @@ from volnb.panel_models import (BlockData, FeatureScaler, PanelForecaster, block
                                 forecast_frame, predict_rows, save_bundle)
 from volnb.walkforward import Block
 
-from synthetic_panel import features, one_block, synthetic_panel
+from synthetic_panel import altered_after, features, one_block, synthetic_panel
 
 SETTINGS = {"window": 24, "warmup": 24, "quantiles": [0.1, 0.5, 0.9], "loss_weights": [1.0, 1.0, 1.0],
             "min_token_hours": 200, "n_buckets": 2, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.0,
@@ -59,11 +59,7 @@ def test_forecast_at_t_does_not_see_data_after_t(data):
     "No look-ahead: altering every bar after hour T leaves the forecasts made at or before T unchanged."
     panel, _, _ = data
     b = one_block(panel)
-    T = b.test[0] + pd.Timedelta(hours=200)
-    later = panel.copy()
-    after = later.timestamp > T
-    for c in ("open", "high", "low", "close"): later.loc[after, c] *= 1.7
-    later.loc[after, "volume"] *= 0.1
+    T, later = altered_after(panel)
     outs = []
     for p in (panel, later):
         f, tg = features(p), panel_targets(p, [1, 4])

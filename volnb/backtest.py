@@ -266,16 +266,20 @@ def round_trips(trades: pd.DataFrame, last_close: float | None = None, last_date
     rt["return"] = rt["pnl"] / rt["cost"]
     return rt
 
-def simulate(open_: pd.Series, close: pd.Series, entry, exit_, capital: float = 10_000.0, commission: float = 0.001,
-             max_position_fraction: float = 1.0, pyramiding: bool = True) -> BacktestResult:
-    "Fill each day's orders (entry: fraction of equity to buy; exit: close all) at the next day's open; mark at closes."
-    idx = close.index
+def _orders(open_: pd.Series, close: pd.Series, entry, exit_):
+    "The index and the open, close, entry and exit arrays of a simulation, checked: equal lengths, finite positive prices."
     o, c = open_.to_numpy(float), close.to_numpy(float)
     e, x = np.asarray(entry, float), np.asarray(exit_, bool)
     if not (len(o) == len(c) == len(e) == len(x)): raise ValueError("open, close, entry and exit differ in length")
     if not (np.isfinite(o).all() and np.isfinite(c).all() and (o > 0).all() and (c > 0).all()):
         raise DataValidationError("open and close must be finite and positive on every day of the span",
                                   file="market", column="open, close")
+    return close.index, o, c, e, x
+
+def simulate(open_: pd.Series, close: pd.Series, entry, exit_, capital: float = 10_000.0, commission: float = 0.001,
+             max_position_fraction: float = 1.0, pyramiding: bool = True) -> BacktestResult:
+    "Fill each day's orders (entry: fraction of equity to buy; exit: close all) at the next day's open; mark at closes."
+    idx, o, c, e, x = _orders(open_, close, entry, exit_)
     n = len(c)
     cash, qty = float(capital), 0.0
     equity, position, cash_ = np.empty(n), np.empty(n), np.empty(n)
@@ -312,13 +316,7 @@ def simulate_published(open_: pd.Series, close: pd.Series, entry, exit_, capital
     """The published code's loop: at each close, when flat, an `entry` > 0 orders that many BTC; when holding, an
     `exit_` closes the position; the order fills at the next open. One position at a time: entries while holding and
     exits while flat are ignored. A buy the cash cannot pay with its commission is rejected (`rejected`), as backtrader's broker does."""
-    idx = close.index
-    o, c = open_.to_numpy(float), close.to_numpy(float)
-    e, x = np.asarray(entry, float), np.asarray(exit_, bool)
-    if not (len(o) == len(c) == len(e) == len(x)): raise ValueError("open, close, entry and exit differ in length")
-    if not (np.isfinite(o).all() and np.isfinite(c).all() and (o > 0).all() and (c > 0).all()):
-        raise DataValidationError("open and close must be finite and positive on every day of the span",
-                                  file="market", column="open, close")
+    idx, o, c, e, x = _orders(open_, close, entry, exit_)
     n = len(c)
     cash, qty, order = float(capital), 0.0, None         # order: units to buy (> 0) or "close", sent at the last close
     equity, position, cash_ = np.empty(n), np.empty(n), np.empty(n)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -412,6 +412,10 @@ def generate_sources(root, docs, *, experiments: list[str] | None = None, assets
     docs.mkdir(parents=True)
     rep = root / "reports"
     stages = dvc_stages(root / "dvc.yaml") if (root / "dvc.yaml").is_file() else {}
+    rendered = {e for st in stages.values() for e in st.executed}    # executed notebooks of the default pipeline
+    for extra in sorted(root.glob("*/dvc.yaml")):     # other pipeline files (paper_runs/dvc.yaml): the provenance of their
+        rel = extra.relative_to(root).as_posix()      # committed tables; their executed notebooks are not rendered
+        stages.update({f"{rel}:{k}": replace(v, name=f"{rel}:{k}") for k, v in dvc_stages(extra).items()})
     experiments = list(experiments) if experiments is not None else experiments_in(root)
     s = _settings(root)
     title, description = s.get("title", "volnb"), s.get("description", "")
@@ -428,7 +432,7 @@ def generate_sources(root, docs, *, experiments: list[str] | None = None, assets
     nb_pages: dict[str, str] = {}
     nb_nav = []
     for exp in experiments:
-        nbs = sorted((rep / "notebooks" / exp).glob("*.ipynb"))
+        nbs = [p for p in sorted((rep / "notebooks" / exp).glob("*.ipynb")) if not stages or p.relative_to(root).as_posix() in rendered]
         entries = []
         for p in nbs:
             nb = nbformat.read(p, as_version=4)

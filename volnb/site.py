@@ -413,13 +413,16 @@ def generate_sources(root, docs, *, experiments: list[str] | None = None, assets
     rep = root / "reports"
     stages = dvc_stages(root / "dvc.yaml") if (root / "dvc.yaml").is_file() else {}
     rendered = {e for st in stages.values() for e in st.executed}    # executed notebooks of the default pipeline
-    made = {o.split("/")[2] for st in stages.values() for o in st.outs    # experiments whose tables or figures it makes
-            if o.startswith(("reports/tables/", "reports/figures/")) and o.count("/") >= 3}
+    made = lambda sts: {o.split("/")[2] for st in sts for o in st.outs    # experiments whose tables or figures they make
+                        if o.startswith(("reports/tables/", "reports/figures/")) and o.count("/") >= 3}
+    main_made, other_made = made(stages.values()), set()
     for extra in sorted(root.glob("*/dvc.yaml")):     # other pipeline files (paper_runs/dvc.yaml): the provenance of their
         rel = extra.relative_to(root).as_posix()      # committed tables; their executed notebooks are not rendered
-        stages.update({f"{rel}:{k}": replace(v, name=f"{rel}:{k}") for k, v in dvc_stages(extra).items()})
-    # the default pipeline's experiments only: the report stage depends on their folders, not on another pipeline file's
-    experiments = list(experiments) if experiments is not None else [e for e in experiments_in(root) if not made or e in made]
+        more = dvc_stages(extra)
+        other_made |= made(more.values())
+        stages.update({f"{rel}:{k}": replace(v, name=f"{rel}:{k}") for k, v in more.items()})
+    # not the experiments only another pipeline file makes: the report stage depends on the default pipeline's folders
+    experiments = list(experiments) if experiments is not None else [e for e in experiments_in(root) if e not in other_made - main_made]
     s = _settings(root)
     title, description = s.get("title", "volnb"), s.get("description", "")
     summary = {"tables": 0, "figures": 0, "notebooks": 0, "library": 0, "benchmarks": 0, "failed_formulas": []}
